@@ -1,0 +1,5 @@
+"""Lightning callbacks of medseg."""
+
+from medseg.callbacks.progressive import ProgressiveSchedule, Stage
+
+__all__ = ["ProgressiveSchedule", "Stage"]

@@ -1,0 +1,131 @@
+"""Staged training: per-stage learning rate, data fraction, augmentation strength and frozen parts."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+log = logging.getLogger(__name__)
+
+PARTS = ("encoder", "decoder", "segmentation_head")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the schedule."""
+
+    name: str
+    epochs: int
+    lr: float
+    data_fraction: float = 1.0
+    aug_strength: str = "mid"
+    train: Sequence[str] = field(default_factory=lambda: ["all"])
+
+    @property
+    def trainable(self) -> tuple[str, ...]:
+        """Network parts that train in this stage."""
+        parts = tuple(self.train)
+        if "all" in parts:
+            return PARTS
+        unknown = set(parts) - set(PARTS)
+        if unknown:
+            raise ValueError(f"stage {self.name}: unknown parts {sorted(unknown)}; choose from {PARTS} or 'all'")
+        return parts
+
+
+def total_epochs(stages: Sequence[Mapping]) -> int:
+    """Sum of the stages' epochs (the trainer's max_epochs)."""
+    return int(sum(int(s["epochs"]) for s in stages))
+
+
+class ProgressiveSchedule(Callback):
+    """Runs the stages in order within one fit, switching settings at stage boundaries."""
+
+    def __init__(self, stages: Sequence[Mapping]) -> None:
+        if not stages:
+            raise ValueError("the schedule needs at least one stage")
+        self.stages = [Stage(**{**s, "name": str(s["name"])}) for s in stages]
+        self._start_epoch = 0
+        self._current: int | None = None
+
+    def stage_index(self, epoch: int) -> int:
+        """Index of the stage that runs EPOCH (the last stage for epochs past the schedule)."""
+        end = 0
+        for i, stage in enumerate(self.stages):
+            end += stage.epochs
+            if epoch < end:
+                return i
+        return len(self.stages) - 1
+
+    def _apply_data(self, trainer: L.Trainer, epoch: int) -> None:
+        """Point the data module at the data fraction and augmentation of EPOCH's stage."""
+        stage = self.stages[self.stage_index(epoch)]
+        dm = trainer.datamodule
+        if dm is not None:
+            dm.data_fraction, dm.aug_strength = stage.data_fraction, stage.aug_strength
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._apply_data(trainer, self._start_epoch)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        index = self.stage_index(trainer.current_epoch)
+        stage = self.stages[index]
+        if index != self._current:
+            self._enter(trainer, pl_module, index)
+        pl_module.log_dict(
+            {
+                "stage": float(stage.name) if stage.name.isdigit() else float(index + 1),
+                "data_fraction": stage.data_fraction,
+                "aug_strength": float(_AUG_LEVEL[stage.aug_strength]),
+            },
+            on_step=False,
+            on_epoch=True,
+        )
+        pl_module.log("lr", trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)
+
+    def _enter(self, trainer: L.Trainer, pl_module: L.LightningModule, index: int) -> None:
+        """Set learning rate, reset schedulers and freeze parts for stage INDEX."""
+        stage = self.stages[index]
+        for optimizer in trainer.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = stage.lr
+                group["initial_lr"] = stage.lr
+        for config in trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            scheduler.base_lrs = [stage.lr] * len(scheduler.base_lrs)
+            scheduler.last_epoch = 0
+        pl_module.set_trainable(stage.trainable)
+        log.info(
+            "stage %s: lr %g, data %.0f%%, augmentation %s, training %s",
+            stage.name,
+            stage.lr,
+            100 * stage.data_fraction,
+            stage.aug_strength,
+            ", ".join(stage.trainable),
+        )
+        self._current = index
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._apply_data(trainer, trainer.current_epoch + 1)
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        """Resume in the stage of the first epoch still to run."""
+        try:
+            self._start_epoch = int(checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+        except (KeyError, TypeError):
+            self._start_epoch = int(checkpoint.get("epoch", -1)) + 1
+
+    def state_dict(self) -> dict:
+        """The current stage, saved into checkpoints."""
+        index = self._current or 0
+        return {"stage_index": index, "stage": asdict(self.stages[index])}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._saved_stage = state_dict.get("stage_index")
+
+
+_AUG_LEVEL = {"none": 0, "low": 1, "mid": 2, "high": 3}

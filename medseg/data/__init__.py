@@ -1,0 +1,1 @@
+"""Data: DICOM decoding, indexing, splitting, augmentation and the LightningDataModule."""

@@ -1,0 +1,163 @@
+"""LightningDataModule: index -> patient split -> data_fraction subset -> augment -> batches."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from medseg.data.augment import build_augmentation
+from medseg.data.dataset import SliceDataset, fit_to_size, load_image, load_mask
+from medseg.data.index import Sample, hash_id, index_dicom, index_folder
+from medseg.data.split import split_patients, subset_patients
+from medseg.data.synthetic import CLASS_NAMES as DEMO_CLASSES
+from medseg.data.synthetic import ensure_demo_dataset
+
+log = logging.getLogger(__name__)
+
+
+def _prepare(sample: Sample, *, in_channels, window, size, size_policy, num_classes, mapping, threshold, ignore_index):
+    """Decode, validate and resize one sample (module level so worker processes can pickle it)."""
+    image = load_image(sample, in_channels, window)
+    mask = load_mask(sample, num_classes, mapping, threshold, ignore_index)
+    if image.shape[:2] != mask.shape:
+        raise ValueError(f"{sample.mask}: mask size {mask.shape} differs from image size {image.shape[:2]}")
+    return fit_to_size(image, mask, size, size_policy)
+
+
+class SegmentationDataModule(L.LightningDataModule):
+    """2-D segmentation data from a DICOM tree, a plain image folder, or the embedded demo dataset."""
+
+    def __init__(
+        self,
+        root: str | None = None,
+        layout: str = "dicom",
+        class_names: Sequence[str] = DEMO_CLASSES,
+        in_channels: int = 1,
+        image_size: int | Sequence[int] = 128,
+        size_policy: str = "stretch",
+        window: str | Sequence[float] | None = None,
+        mask_mapping: Mapping[int, int] | None = None,
+        mask_threshold: int | None = None,
+        ignore_index: int = 255,
+        patient_regex: str = r"^(.*)$",
+        split: Sequence[float] = (0.7, 0.15, 0.15),
+        seed: int = 42,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        data_fraction: float = 1.0,
+        aug_strength: str = "mid",
+        cache_dir: str = "~/.cache/medseg",
+        split_file: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        self.image_size = tuple(int(s) for s in size)
+        self.class_names = list(class_names)
+        self.data_fraction = data_fraction
+        self.aug_strength = aug_strength
+        self.splits: dict[str, list[Sample]] = {}
+        self._cache: dict = {}
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes, background included."""
+        return len(self.class_names)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Index the data, split by patient and write the split file (once)."""
+        if self.splits:
+            return
+        hp = self.hparams
+        root = Path(hp.root).expanduser() if hp.root else ensure_demo_dataset(hp.cache_dir)
+        if not root.is_dir():
+            raise FileNotFoundError(f"data root not found: {root}")
+        samples = index_dicom(root) if hp.layout == "dicom" else index_folder(root, hp.patient_regex)
+        parts = split_patients([s.patient for s in samples], hp.split, hp.seed)
+        self.patients = parts
+        self.splits = {name: [s for s in samples if s.patient in set(ids)] for name, ids in parts.items()}
+        self.root = root
+        self._prepare = partial(
+            _prepare,
+            in_channels=hp.in_channels,
+            window=hp.window,
+            size=self.image_size,
+            size_policy=hp.size_policy,
+            num_classes=self.num_classes,
+            mapping=hp.mask_mapping,
+            threshold=hp.mask_threshold,
+            ignore_index=hp.ignore_index,
+        )
+        log.info(
+            "data %s: %s", root, {k: f"{len(parts[k])} patients / {len(v)} slices" for k, v in self.splits.items()}
+        )
+        if hp.split_file:
+            self.write_split(hp.split_file)
+
+    def write_split(self, path: str | os.PathLike) -> None:
+        """Write the split (hashed patients, image paths relative to the root) as JSON, atomically."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "seed": self.hparams.seed,
+            "fractions": list(self.hparams.split),
+            "splits": {
+                name: [{"patient": hash_id(s.patient), "image": str(s.image.relative_to(self.root))} for s in items]
+                for name, items in self.splits.items()
+            },
+        }
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(payload, indent=1))
+        os.replace(tmp, path)
+
+    def train_samples(self) -> list[Sample]:
+        """Training samples of the current data_fraction (a nested, stable subset of patients)."""
+        keep = set(subset_patients(self.patients["train"], self.data_fraction, self.hparams.seed))
+        return [s for s in self.splits["train"] if s.patient in keep]
+
+    def dataset(self, split: str, augment: bool = False) -> SliceDataset:
+        """A dataset over one split sharing the decode cache; augmentation at the current strength."""
+        samples = self.train_samples() if split == "train" else self.splits[split]
+        transform = build_augmentation(self.aug_strength) if augment else None
+        return SliceDataset(samples, self._prepare, self._cache, transform)
+
+    def _loader(self, dataset: SliceDataset, shuffle: bool) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle and len(dataset) > self.hparams.batch_size,
+            num_workers=workers,
+            persistent_workers=False,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("train", augment=True), shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("val"), shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("test"), shuffle=False)
+
+    def class_pixel_counts(self) -> np.ndarray:
+        """Pixel count per class over all training masks (after resizing), ignoring ignore_index."""
+        counts = np.zeros(self.num_classes, dtype=np.int64)
+        ds = SliceDataset(self.splits["train"], self._prepare, self._cache)
+        for i in range(len(ds)):
+            mask = ds.load(i)[1]
+            counts += np.bincount(mask[mask != self.hparams.ignore_index].ravel(), minlength=self.num_classes)[
+                : self.num_classes
+            ]
+        return counts

@@ -1,0 +1,115 @@
+"""A map-style dataset of 2-D slices: decode once into a shared cache, then augment per access."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from medseg.data.dicom import read_slice
+from medseg.data.index import Sample
+
+
+def load_image(sample: Sample, in_channels: int, window=None) -> np.ndarray:
+    """Decode an image to float32 [H, W, C] in [0, 1]."""
+    if sample.kind == "dicom":
+        image = read_slice(sample.image, window)[0]
+    else:
+        try:
+            with Image.open(sample.image) as im:
+                image = np.asarray(im.convert("L" if in_channels == 1 else "RGB"), dtype=np.float32) / 255.0
+        except OSError as exc:
+            raise ValueError(f"{sample.image}: cannot read image ({exc})") from exc
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[-1] != in_channels:
+        image = np.repeat(image[..., :1], in_channels, axis=-1) if in_channels == 3 else image.mean(-1, keepdims=True)
+    return image
+
+
+def load_mask(
+    sample: Sample,
+    num_classes: int,
+    mapping: Mapping[int, int] | None = None,
+    threshold: int | None = None,
+    ignore_index: int = 255,
+) -> np.ndarray:
+    """Read a label PNG to uint8 class indices, applying a threshold or a value mapping, and validate it."""
+    with Image.open(sample.mask) as im:
+        raw = np.asarray(im if im.mode in ("L", "P", "I", "I;16") else im.convert("L"))
+    if threshold is not None:
+        mask = (raw >= threshold).astype(np.uint8)
+    else:
+        mask = raw.astype(np.int64)
+        if mapping:
+            lut = {int(k): int(v) for k, v in mapping.items()}
+            out = mask.copy()
+            for src, dst in lut.items():
+                out[mask == src] = dst
+            mask = out
+    values = np.unique(mask)
+    bad = [int(v) for v in values if v >= num_classes and v != ignore_index]
+    if bad:
+        raise ValueError(
+            f"{sample.mask}: mask values {bad} are not classes 0..{num_classes - 1} "
+            "(set data.mask_mapping or data.mask_threshold)"
+        )
+    return mask.astype(np.uint8)
+
+
+def fit_to_size(image: np.ndarray, mask: np.ndarray, size: Sequence[int], policy: str = "stretch"):
+    """Resize (stretch) or letterbox-pad an image [H, W, C] and mask [H, W] to size (H, W)."""
+    h, w = size
+    if policy == "stretch":
+        image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+        mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
+    elif policy == "letterbox":
+        scale = min(h / image.shape[0], w / image.shape[1])
+        nh, nw = round(image.shape[0] * scale), round(image.shape[1] * scale)
+        image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
+        mask = cv2.resize(mask, (nw, nh), interpolation=cv2.INTER_NEAREST)
+        top, left = (h - nh) // 2, (w - nw) // 2
+        image = cv2.copyMakeBorder(image, top, h - nh - top, left, w - nw - left, cv2.BORDER_CONSTANT, value=0)
+        mask = cv2.copyMakeBorder(mask, top, h - nh - top, left, w - nw - left, cv2.BORDER_CONSTANT, value=0)
+    else:
+        raise ValueError(f"unknown size_policy {policy!r}; choose 'stretch' or 'letterbox'")
+    if image.ndim == 2:
+        image = image[..., None]
+    return image, mask
+
+
+class SliceDataset(Dataset):
+    """Samples decoded and resized once (cached as float16), augmented on every access."""
+
+    def __init__(self, samples: Sequence[Sample], prepare, cache: dict, transform=None) -> None:
+        self.samples = list(samples)
+        self.prepare = prepare
+        self.cache = cache
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Decoded, resized image [H, W, C] float32 and mask [H, W] uint8, from the cache when present."""
+        sample = self.samples[index]
+        if sample.image not in self.cache:
+            image, mask = self.prepare(sample)
+            self.cache[sample.image] = (image.astype(np.float16), mask)
+        image, mask = self.cache[sample.image]
+        return image.astype(np.float32), mask
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        image, mask = self.load(index)
+        if self.transform is not None:
+            out = self.transform(image=image, mask=mask)
+            image, mask = np.clip(out["image"], 0.0, 1.0), out["mask"]
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "mask": torch.from_numpy(np.ascontiguousarray(mask)).long(),
+            "index": index,
+        }

@@ -1,0 +1,104 @@
+"""Segmentation losses: soft multi-class Dice, Focal, their hybrid, and inverse-frequency class weights."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _valid_onehot(logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None):
+    """Softmax probabilities, one-hot target and the valid-pixel mask [B, 1, H, W]."""
+    num_classes = logits.shape[1]
+    valid = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target != ignore_index
+    safe = torch.where(valid, target, torch.zeros_like(target))
+    onehot = F.one_hot(safe, num_classes).permute(0, 3, 1, 2).to(logits.dtype)
+    return logits.softmax(dim=1), onehot, valid.unsqueeze(1).to(logits.dtype)
+
+
+class DiceLoss(nn.Module):
+    """1 - soft Dice per class over the batch, averaged over the classes present in the target."""
+
+    def __init__(self, smooth: float = 1.0, ignore_index: int | None = 255, class_weights=None) -> None:
+        super().__init__()
+        self.smooth = smooth
+        self.ignore_index = ignore_index
+        self.register_buffer("class_weights", _as_tensor(class_weights), persistent=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Loss for [B, C, H, W] logits and [B, H, W] class indices."""
+        probs, onehot, valid = _valid_onehot(logits, target, self.ignore_index)
+        probs, onehot = probs * valid, onehot * valid
+        dims = (0, 2, 3)
+        inter = (probs * onehot).sum(dims)
+        denom = probs.sum(dims) + onehot.sum(dims)
+        dice = (2 * inter + self.smooth) / (denom + self.smooth)
+        weights = self.class_weights if self.class_weights is not None else torch.ones_like(dice)
+        weights = weights * (onehot.sum(dims) > 0)
+        return ((1 - dice) * weights).sum() / weights.sum().clamp_min(1e-8)
+
+
+class FocalLoss(nn.Module):
+    """Multi-class focal loss, mean over valid pixels; gamma 0 is (weighted) cross-entropy."""
+
+    def __init__(self, gamma: float = 2.0, ignore_index: int | None = 255, class_weights=None) -> None:
+        super().__init__()
+        self.gamma = gamma
+        self.ignore_index = ignore_index
+        self.register_buffer("class_weights", _as_tensor(class_weights), persistent=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Loss for [B, C, H, W] logits and [B, H, W] class indices."""
+        ignore = -100 if self.ignore_index is None else self.ignore_index
+        logp = F.log_softmax(logits, dim=1)
+        valid = target != ignore
+        safe = torch.where(valid, target, torch.zeros_like(target))
+        logpt = logp.gather(1, safe.unsqueeze(1)).squeeze(1)
+        loss = -((1 - logpt.exp()) ** self.gamma) * logpt
+        weight = valid.to(logits.dtype)
+        if self.class_weights is not None:
+            weight = weight * self.class_weights[safe]
+        return (loss * weight).sum() / weight.sum().clamp_min(1e-8)
+
+
+class HybridLoss(nn.Module):
+    """alpha * Dice + (1 - alpha) * Focal."""
+
+    def __init__(
+        self,
+        alpha: float = 0.7,
+        gamma: float = 2.0,
+        smooth: float = 1.0,
+        ignore_index: int | None = 255,
+        class_weights=None,
+    ) -> None:
+        super().__init__()
+        self.alpha = alpha
+        self.dice = DiceLoss(smooth, ignore_index, class_weights)
+        self.focal = FocalLoss(gamma, ignore_index, class_weights)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Weighted sum of the Dice and Focal terms."""
+        return self.alpha * self.dice(logits, target) + (1 - self.alpha) * self.focal(logits, target)
+
+
+def _as_tensor(weights) -> torch.Tensor | None:
+    """Class weights as a float tensor, or None."""
+    return None if weights is None else torch.as_tensor(list(weights), dtype=torch.float32)
+
+
+def set_class_weights(loss: nn.Module, weights: torch.Tensor | None) -> None:
+    """Set class weights on a loss and every loss inside it."""
+    for module in loss.modules():
+        if hasattr(module, "class_weights"):
+            module.class_weights = None if weights is None else weights.float()
+
+
+def inverse_frequency_weights(pixel_counts: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    """Inverse-frequency class weights normalised to mean 1; absent classes get weight 0."""
+    counts = torch.as_tensor(pixel_counts, dtype=torch.float64)
+    weights = torch.where(counts > 0, counts.sum() / counts.clamp_min(1), torch.zeros_like(counts))
+    present = (counts > 0).sum().clamp_min(1)
+    return (weights * present / weights.sum()).float()

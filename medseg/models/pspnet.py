@@ -1,0 +1,56 @@
+"""PSPNet: timm encoder -> pyramid pooling -> 3x3 bottleneck -> classifier -> bilinear upsampling."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medseg.models.encoder import Encoder
+from medseg.models.pyramid_pooling import PyramidPooling
+
+
+class PSPDecoder(nn.Module):
+    """Pyramid pooling followed by the 3x3 bottleneck with BatchNorm, ReLU and Dropout2d."""
+
+    def __init__(self, in_channels: int, bins: Sequence[int], channels: int, dropout: float) -> None:
+        super().__init__()
+        self.ppm = PyramidPooling(in_channels, bins)
+        self.bottleneck = nn.Sequential(
+            nn.Conv2d(self.ppm.out_channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+            nn.Dropout2d(dropout),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Context-enriched features."""
+        return self.bottleneck(self.ppm(x))
+
+
+class PSPNet(nn.Module):
+    """Pyramid Scene Parsing Network with a timm encoder; logits at the input resolution."""
+
+    def __init__(
+        self,
+        encoder_name: str = "mobilenetv3",
+        in_channels: int = 1,
+        num_classes: int = 2,
+        bins: Sequence[int] = (1, 3, 5, 7),
+        output_stride: int = 8,
+        decoder_channels: int = 256,
+        dropout: float = 0.2,
+        pretrained: bool = False,
+        weights_path: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.encoder = Encoder(encoder_name, in_channels, output_stride, pretrained, weights_path)
+        self.decoder = PSPDecoder(self.encoder.out_channels, tuple(bins), decoder_channels, dropout)
+        self.segmentation_head = nn.Conv2d(decoder_channels, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] images -> [B, num_classes, H, W] logits."""
+        logits = self.segmentation_head(self.decoder(self.encoder(x)))
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)

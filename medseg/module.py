@@ -1,0 +1,147 @@
+"""LightningModule: PSPNet forward, hybrid loss, torchmetrics Dice/IoU, TensorBoard scalars and images."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from torchmetrics import MetricCollection
+from torchmetrics.segmentation import DiceScore, MeanIoU
+
+from medseg.callbacks.progressive import PARTS
+from medseg.losses import inverse_frequency_weights, set_class_weights
+from medseg.visualize import overlay_grid
+
+
+def _plain(cfg):
+    """An OmegaConf node as plain containers (checkpoint-friendly), anything else unchanged."""
+    return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
+
+
+class SegmentationModule(L.LightningModule):
+    """Trains and evaluates a segmentation network built from its config."""
+
+    def __init__(
+        self,
+        net: dict,
+        loss: dict,
+        optimizer: dict,
+        scheduler: dict | None = None,
+        class_names: Sequence[str] = ("background", "foreground"),
+        class_weights: str | Sequence[float] | None = None,
+        ignore_index: int = 255,
+        log_images: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters({k: _plain(v) for k, v in locals().items() if k not in ("self", "__class__")})
+        self.class_names = list(class_names)
+        self.frozen_parts: tuple[str, ...] = ()
+        num_classes = len(self.class_names)
+        self.net = instantiate(net, num_classes=num_classes, _convert_="all")
+        self.criterion = instantiate(loss, ignore_index=ignore_index)
+        self.register_buffer("class_weights", torch.ones(num_classes))
+        self._weights_set = class_weights is None
+        if class_weights not in (None, "auto"):
+            self._set_weights(torch.as_tensor(list(class_weights), dtype=torch.float32))
+        metrics = dict(
+            dice=DiceScore(
+                num_classes, include_background=False, average="none", aggregation_level="global", input_format="index"
+            ),
+            iou=MeanIoU(num_classes, include_background=False, per_class=True, input_format="index"),
+        )
+        self.val_metrics = MetricCollection(metrics, prefix="val/")
+        self.test_metrics = self.val_metrics.clone(prefix="test/")
+
+    def _set_weights(self, weights: torch.Tensor) -> None:
+        self.class_weights.copy_(weights)
+        set_class_weights(self.criterion, self.class_weights)
+        self._weights_set = True
+
+    def setup(self, stage: str) -> None:
+        """Compute inverse-frequency class weights from the training masks once, when asked for."""
+        if self.hparams.class_weights == "auto" and not self._weights_set and stage == "fit":
+            counts = self.trainer.datamodule.class_pixel_counts()
+            self._set_weights(inverse_frequency_weights(counts))
+            self.print(
+                f"class weights from training pixel counts: {[round(w, 3) for w in self.class_weights.tolist()]}"
+            )
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Class weights come back with the state dict: do not recompute them."""
+        self._weights_set = True
+        set_class_weights(self.criterion, self.class_weights)
+
+    def set_trainable(self, parts: Sequence[str]) -> None:
+        """Train only the named network parts; frozen parts keep their BatchNorm statistics too."""
+        self.frozen_parts = tuple(name for name in PARTS if name not in parts)
+        for name in PARTS:
+            getattr(self.net, name).requires_grad_(name in parts)
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        """Switch train/eval mode, keeping frozen parts in eval mode."""
+        super().train(mode)
+        for name in getattr(self, "frozen_parts", ()):
+            getattr(self.net, name).eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits [B, K, H, W] for images [B, C, H, W]."""
+        return self.net(x)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        logits = self(batch["image"])
+        loss = self.criterion(logits, batch["mask"])
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(logits))
+        return loss
+
+    def _evaluate(self, batch: dict, metrics: MetricCollection, prefix: str) -> torch.Tensor:
+        logits = self(batch["image"])
+        loss = self.criterion(logits, batch["mask"])
+        self.log(f"{prefix}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(logits))
+        pred = logits.argmax(1)
+        target = batch["mask"]
+        ignored = target == self.hparams.ignore_index
+        metrics.update(pred.masked_fill(ignored, 0), target.masked_fill(ignored, 0))
+        return pred
+
+    def _log_metrics(self, metrics: MetricCollection, prefix: str) -> None:
+        values = metrics.compute()
+        for name in ("dice", "iou"):
+            per_class = values[f"{prefix}/{name}"].reshape(-1)
+            for cls, value in zip(self.class_names[1:], per_class, strict=True):
+                self.log(f"{prefix}/{name}_{cls}", value)
+            self.log(f"{prefix}/{name}_mean", per_class.nanmean(), prog_bar=name == "dice")
+        metrics.reset()
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        pred = self._evaluate(batch, self.val_metrics, "val")
+        if batch_idx == 0 and self.hparams.log_images and not self.trainer.sanity_checking:
+            self._log_image_grid(batch, pred)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics(self.val_metrics, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, self.test_metrics, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics(self.test_metrics, "test")
+
+    def _log_image_grid(self, batch: dict, pred: torch.Tensor) -> None:
+        experiment = getattr(self.logger, "experiment", None)
+        if experiment is None or not hasattr(experiment, "add_image"):
+            return
+        grid = overlay_grid(batch["image"][:4], batch["mask"][:4], pred[:4], len(self.class_names))
+        experiment.add_image("val/prediction", grid, self.global_step)
+
+    def configure_optimizers(self):
+        """Optimizer and optional scheduler from their (partial) configs."""
+        optimizer = instantiate(self.hparams.optimizer)(params=self.parameters())
+        if not self.hparams.scheduler:
+            return optimizer
+        scheduler = instantiate(self.hparams.scheduler)(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

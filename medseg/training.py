@@ -1,0 +1,76 @@
+"""The training pipeline behind train.py: instantiate from config, fit, test the best checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import medseg.config  # noqa: F401  (registers resolvers)
+
+log = logging.getLogger(__name__)
+
+
+def instantiate_dict(cfg: DictConfig | None) -> list:
+    """Instantiate every entry with a _target_ of a config mapping (callbacks, loggers)."""
+    if not cfg:
+        return []
+    return [instantiate(c, _convert_="all") for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def load_weights(module: L.LightningModule, checkpoint: str | Path) -> None:
+    """Copy model weights (not optimizer state) from a checkpoint into MODULE."""
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"init_from checkpoint not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    result = module.load_state_dict(state["state_dict"], strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"{path}: weights do not fit this model "
+            f"(missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]})"
+        )
+    module.on_load_checkpoint(state)
+    log.info("initialised weights from %s", path)
+
+
+def save_config(cfg: DictConfig, path: str | Path) -> None:
+    """Write the fully resolved config as YAML, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    OmegaConf.save(cfg, tmp, resolve=True)
+    os.replace(tmp, path)
+
+
+def train(cfg: DictConfig) -> tuple[float | None, dict]:
+    """Fit, optionally test the best checkpoint, and return the optimised metric and all metrics."""
+    save_config(cfg, Path(cfg.paths.output_dir) / "config.yaml")
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data, _convert_="all")
+    model = instantiate(cfg.model, _recursive_=False)
+    callbacks = instantiate_dict(cfg.get("callbacks"))
+    loggers = instantiate_dict(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    first = cfg.stage.stages[0]
+    if cfg.get("init_from"):
+        load_weights(model, cfg.init_from)
+    elif str(first.name) in ("2", "3") and not cfg.get("ckpt_path"):
+        log.warning("stage %s starts without init_from: training from the encoder's initial weights", first.name)
+    if loggers:
+        trainer.logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    metrics["train_time_s"] = time.perf_counter() - start
+    if cfg.get("test") and not cfg.trainer.get("fast_dev_run"):
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        test = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+        metrics.update({k: float(v) for k, v in (test[0] if test else {}).items()})
+    return metrics.get(cfg.get("optimized_metric", "")), metrics

@@ -1,0 +1,63 @@
+"""PSPNet shapes for every backbone, exact adaptive pooling, and offline-safe encoder weights."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from medseg.models import PSPNet
+from medseg.models.encoder import BACKBONES, Encoder
+from medseg.models.pyramid_pooling import adaptive_avg_pool2d
+
+ALL = list(BACKBONES)
+
+
+@pytest.mark.parametrize("backbone", ALL)
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_output_matches_odd_input_size(backbone, in_channels):
+    net = PSPNet(backbone, in_channels=in_channels, num_classes=3, decoder_channels=32).eval()
+    with torch.no_grad():
+        out = net(torch.rand(1, in_channels, 250, 370))
+    assert out.shape == (1, 3, 250, 370)
+    assert torch.isfinite(out).all()
+
+
+def test_bins_dropout_and_output_stride_are_configurable():
+    net = PSPNet("resnet18", bins=(1, 2), output_stride=16, dropout=0.5, decoder_channels=16)
+    assert net.encoder.output_stride == 16
+    assert [b.bins for b in net.decoder.ppm.branches] == [1, 2]
+    assert net.decoder.bottleneck[-1].p == 0.5
+
+
+@pytest.mark.parametrize(
+    "size", [(1, 1), (2, 3), (5, 5), (7, 7), (8, 8), (9, 13), (16, 16), (17, 23), (31, 8), (32, 47), (64, 64)]
+)
+def test_matrix_pooling_equals_adaptive_avg_pool(size):
+    x = torch.randn(2, 4, *size)
+    for bins in (1, 3, 5, 7):
+        torch.testing.assert_close(adaptive_avg_pool2d(x, bins), F.adaptive_avg_pool2d(x, bins), atol=1e-5, rtol=1e-5)
+
+
+def test_local_weights_file_is_loaded(tmp_path):
+    source = timm.create_model("resnet18", pretrained=False)
+    torch.nn.init.constant_(source.conv1.weight, 0.125)
+    path = tmp_path / "resnet18.safetensors"
+    save_file(source.state_dict(), str(path))
+    encoder = Encoder("resnet18", in_channels=3, weights_path=str(path))
+    torch.testing.assert_close(encoder.body.conv1.weight, source.conv1.weight)
+    gray = Encoder("resnet18", in_channels=1, weights_path=str(path))
+    assert gray.body.conv1.weight.shape[1] == 1  # timm folds RGB weights into one channel
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        Encoder("resnet18", weights_path=str(tmp_path / "missing.safetensors"))
+
+
+def test_hub_download_offline_gives_clear_error(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(RuntimeError, match="weights_path"):
+        Encoder("resnet18", pretrained=True)

@@ -1,0 +1,133 @@
+"""The progressive schedule end to end: logged LR/data/augmentation per epoch, kill-and-resume, stage init."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from medseg.training import train
+
+from .test_train import read_events
+
+REPO = Path(__file__).resolve().parent.parent
+FAST = ["data.image_size=64", "trainer.limit_val_batches=1", "test=false", "model.log_images=false"]
+
+
+def per_epoch(events, tag: str) -> list[tuple[int, float]]:
+    """(global step, value) of an epoch-level scalar, in order."""
+    return [(e.step, round(e.value, 8)) for e in events.Scalars(tag)]
+
+
+def test_progressive_schedule_is_logged_epoch_by_epoch(make_cfg, tmp_path):
+    cfg = make_cfg(["stage=progressive", *(f"stage.stages.{i}.epochs=2" for i in range(3)), *FAST], tmp_path / "run")
+    assert cfg.trainer.max_epochs == 6
+    train(cfg)
+    events = read_events(tmp_path / "run" / "tensorboard")
+    lrs = [v for _, v in per_epoch(events, "lr")]
+    assert lrs == [1e-4, 1e-4, 5e-5, 5e-5, 1e-5, 1e-5]
+    assert [v for _, v in per_epoch(events, "data_fraction")] == pytest.approx([0.2, 0.2, 0.6, 0.6, 1.0, 1.0])
+    assert [v for _, v in per_epoch(events, "aug_strength")] == [1, 1, 2, 2, 3, 3]  # low, mid, high
+    assert [v for _, v in per_epoch(events, "stage")] == [1, 1, 2, 2, 3, 3]
+    # 8 training patients x 8 slices, batch 8, drop_last: 20% -> 2 patients -> 2 batches; 60% -> 5; 100% -> 8.
+    steps = [s for s, _ in per_epoch(events, "lr")]
+    # Epoch-level values are logged at the epoch's last step (global_step - 1).
+    batches = [b - a for a, b in zip([-1, *steps], steps, strict=False)]
+    assert batches == [2, 2, 5, 5, 8, 8]
+    monitor = [round(e.value, 8) for e in events.Scalars("lr-AdamW")]
+    assert monitor == lrs
+
+
+def _stage_of(checkpoint: Path) -> tuple[int | None, int]:
+    """(schedule stage index, index of the next epoch to run) saved in a checkpoint."""
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception:  # absent or still being written
+        return None, 0
+    stage = next(v["stage_index"] for k, v in state["callbacks"].items() if "ProgressiveSchedule" in k)
+    return stage, state["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
+
+
+def test_killed_progressive_run_resumes_in_stage_two(cache_dir, tmp_path):
+    run = tmp_path / "killed"
+    args = [
+        sys.executable,
+        "train.py",
+        "stage=progressive",
+        "stage.stages.0.epochs=1",
+        "stage.stages.1.epochs=30",
+        "stage.stages.2.epochs=1",
+        *FAST,
+        f"hydra.run.dir={run}",
+        "callbacks.progress_bar=null",
+    ]
+    env = {**os.environ, "MEDSEG_CACHE": str(cache_dir)}
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = run / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if _stage_of(last)[0] == 1:
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, "the run ended before it was killed"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    stage, next_epoch = _stage_of(last)
+    assert stage == 1 and 2 <= next_epoch < 31
+    resumed = tmp_path / "resumed"
+    result = subprocess.run(
+        [
+            *args[:-2],
+            f"hydra.run.dir={resumed}",
+            "callbacks.progress_bar=null",
+            f"ckpt_path={last}",
+            f"trainer.max_epochs={next_epoch + 1}",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    events = read_events(resumed / "tensorboard")
+    stages = [v for _, v in per_epoch(events, "stage")]
+    lrs = [v for _, v in per_epoch(events, "lr")]
+    assert stages == [2] and lrs == [5e-5]
+    assert "stage 2: lr 5e-05" in (resumed / "train.log").read_text()
+
+
+def test_stage_two_from_stage_one_checkpoint_freezes_the_encoder(make_cfg, tmp_path, caplog):
+    train(make_cfg(["stage=1", "stage.stages.0.epochs=1", *FAST], tmp_path / "s1"))
+    init = tmp_path / "s1" / "checkpoints" / "last.ckpt"
+    before = torch.load(init, map_location="cpu", weights_only=True)["state_dict"]
+    train(make_cfg(["stage=2", "stage.stages.0.epochs=2", f"init_from={init}", *FAST], tmp_path / "s2"))
+    after = torch.load(tmp_path / "s2" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)[
+        "state_dict"
+    ]
+    encoder = [k for k in before if k.startswith("net.encoder.")]
+    head = [
+        k for k in before if k.startswith(("net.decoder.", "net.segmentation_head.")) and before[k].is_floating_point()
+    ]
+    assert encoder and head
+    for key in encoder:  # weights and BatchNorm running statistics unchanged
+        torch.testing.assert_close(after[key], before[key], msg=key)
+    assert sum(not torch.equal(after[k], before[k]) for k in head) > len(head) // 2
+    fresh = make_cfg(["stage=2", *FAST], tmp_path / "fresh")
+    from hydra.utils import instantiate
+
+    untrained = instantiate(fresh.model, _recursive_=False).state_dict()
+    assert any(not torch.equal(untrained[k], before[k]) for k in encoder), "encoder weights did not come from the file"
+    caplog.clear()
+    train(make_cfg(["stage=2", "stage.stages.0.epochs=1", "trainer.limit_train_batches=1", *FAST], tmp_path / "noinit"))
+    warnings = [r.getMessage() for r in caplog.records if "without init_from" in r.getMessage()]
+    assert len(warnings) == 1

@@ -1,0 +1,73 @@
+"""Training through the real Hydra config tree: fast_dev_run per backbone, run-folder contents, CLI errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from medseg.models.encoder import BACKBONES
+from medseg.training import train
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def read_events(folder: Path) -> EventAccumulator:
+    """Load every scalar and image of a TensorBoard log folder."""
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    return acc
+
+
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+def test_fast_dev_run_every_backbone(make_cfg, backbone):
+    cfg = make_cfg([f"backbone={backbone}", "trainer.fast_dev_run=true", "data.image_size=64", "data.batch_size=2"])
+    assert cfg.model.net.encoder_name == backbone
+    _, metrics = train(cfg)
+    assert "train/loss_epoch" in metrics or "train/loss" in metrics
+
+
+def test_short_run_writes_config_split_checkpoint_and_events(make_cfg, tmp_path):
+    cfg = make_cfg(
+        [
+            "stage.stages.0.epochs=2",
+            "trainer.limit_train_batches=2",
+            "trainer.limit_val_batches=2",
+            "data.image_size=64",
+        ],
+        output_dir=tmp_path / "run",
+    )
+    metric, metrics = train(cfg)
+    run = tmp_path / "run"
+    assert (run / "split.json").is_file()
+    resolved = (run / "config.yaml").read_text()
+    assert "encoder_name: mobilenetv3" in resolved and "${" not in resolved
+    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "checkpoints" / "best.ckpt").is_file()
+    assert metric == pytest.approx(metrics["val/dice_mean"])
+    assert 0.0 <= metrics["test/dice_mean"] <= 1.0
+    events = read_events(run / "tensorboard")
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/loss_epoch", "val/loss", "val/dice_mean", "val/dice_organ", "val/dice_lesion", "lr-AdamW"} <= scalars
+    assert len(events.Scalars("val/dice_mean")) == 2
+    images = events.Tags()["images"]
+    assert "val/prediction" in images
+    image = events.Images("val/prediction")[0]
+    assert image.width == 3 * 64 and image.height >= 64
+
+
+def test_unknown_backbone_lists_options_without_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "train.py", "backbone=nope", f"hydra.run.dir={tmp_path}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "Available options in 'backbone'" in result.stderr
+    for name in BACKBONES:
+        assert name in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,21 @@
+"""Train PSPNet: `python train.py [backbone=resnet18] [stage=progressive] [data=folder data.root=...]`."""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from medseg.config import quote_numeric_options
+from medseg.training import train
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns the optimised metric for sweepers."""
+    metric, _ = train(cfg)
+    return metric
+
+
+if __name__ == "__main__":
+    sys.argv[1:] = quote_numeric_options(sys.argv[1:])
+    main()
