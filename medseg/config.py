@@ -6,7 +6,10 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from medseg.callbacks.progressive import total_epochs
 
@@ -33,3 +36,15 @@ def register_resolvers() -> None:
 
 
 register_resolvers()
+
+
+def compose_config(overrides: Sequence[str] = (), output_dir: str | Path = "outputs/composed") -> DictConfig:
+    """Compose conf/config.yaml as train.py would, for scripts and tests, writing into OUTPUT_DIR."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=quote_numeric_options(overrides), return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(Path(output_dir).resolve())
+        del cfg["hydra"]  # as in a @hydra.main app, where only HydraConfig holds it
+    return cfg

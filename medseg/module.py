@@ -9,7 +9,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torchmetrics import MetricCollection
-from torchmetrics.segmentation import DiceScore, MeanIoU
+from torchmetrics.classification import MulticlassJaccardIndex
+from torchmetrics.segmentation import DiceScore
 
 from medseg.callbacks.progressive import PARTS
 from medseg.losses import inverse_frequency_weights, set_class_weights
@@ -50,7 +51,7 @@ class SegmentationModule(L.LightningModule):
             dice=DiceScore(
                 num_classes, include_background=False, average="none", aggregation_level="global", input_format="index"
             ),
-            iou=MeanIoU(num_classes, include_background=False, per_class=True, input_format="index"),
+            iou=MulticlassJaccardIndex(num_classes, average="none"),
         )
         self.val_metrics = MetricCollection(metrics, prefix="val/")
         self.test_metrics = self.val_metrics.clone(prefix="test/")
@@ -111,7 +112,7 @@ class SegmentationModule(L.LightningModule):
     def _log_metrics(self, metrics: MetricCollection, prefix: str) -> None:
         values = metrics.compute()
         for name in ("dice", "iou"):
-            per_class = values[f"{prefix}/{name}"].reshape(-1)
+            per_class = values[f"{prefix}/{name}"].reshape(-1)[-(len(self.class_names) - 1) :]  # foreground
             for cls, value in zip(self.class_names[1:], per_class, strict=True):
                 self.log(f"{prefix}/{name}_{cls}", value)
             self.log(f"{prefix}/{name}_mean", per_class.nanmean(), prog_bar=name == "dice")

@@ -69,8 +69,12 @@ def train(cfg: DictConfig) -> tuple[float | None, dict]:
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics["train_time_s"] = time.perf_counter() - start
+    checkpoint = trainer.checkpoint_callback
+    if checkpoint is not None and checkpoint.best_model_score is not None:
+        metrics[f"best/{checkpoint.monitor}"] = float(checkpoint.best_model_score)
     if cfg.get("test") and not cfg.trainer.get("fast_dev_run"):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         test = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update({k: float(v) for k, v in (test[0] if test else {}).items()})
-    return metrics.get(cfg.get("optimized_metric", "")), metrics
+    name = cfg.get("optimized_metric", "")
+    return metrics.get(f"best/{name}", metrics.get(name)), metrics

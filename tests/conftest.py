@@ -6,12 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
-from medseg.config import CONFIG_DIR, quote_numeric_options
+from medseg.config import compose_config
 from medseg.data.synthetic import ensure_demo_dataset
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,17 +35,9 @@ def make_cfg(cache_dir, tmp_path):
     """Compose conf/config.yaml with overrides, as train.py would, writing into tmp_path."""
 
     def _make(overrides: list[str] | None = None, output_dir: Path | None = None):
-        GlobalHydra.instance().clear()
         out = Path(output_dir or tmp_path / "run")
         out.mkdir(parents=True, exist_ok=True)
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = compose("config", overrides=quote_numeric_options(overrides or []), return_hydra_config=True)
-        HydraConfig().set_config(cfg)
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(out)
-            cfg.paths.cache_dir = str(cache_dir)
-            cfg.callbacks.progress_bar = None
-            del cfg["hydra"]  # as in a @hydra.main app, where only HydraConfig holds it
+        cfg = compose_config([*(overrides or []), "callbacks.progress_bar=null", f"paths.cache_dir={cache_dir}"], out)
         return cfg
 
     yield _make

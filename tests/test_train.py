@@ -46,7 +46,7 @@ def test_short_run_writes_config_split_checkpoint_and_events(make_cfg, tmp_path)
     resolved = (run / "config.yaml").read_text()
     assert "encoder_name: mobilenetv3" in resolved and "${" not in resolved
     assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "checkpoints" / "best.ckpt").is_file()
-    assert metric == pytest.approx(metrics["val/dice_mean"])
+    assert metric == pytest.approx(metrics["best/val/dice_mean"]) and metric >= metrics["val/dice_mean"]
     assert 0.0 <= metrics["test/dice_mean"] <= 1.0
     events = read_events(run / "tensorboard")
     scalars = set(events.Tags()["scalars"])
