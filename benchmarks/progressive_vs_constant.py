@@ -20,7 +20,8 @@ CXR = REPO.parent / "shared" / "data" / "cxr_lung"
 
 def run(name: str, overrides: list[str], out: Path) -> dict:
     """Train one configuration and return its metrics plus wall time."""
-    cfg = compose_config(["experiment=cxr_lung", f"data.root={CXR}", "callbacks.progress_bar=null", *overrides], out / name)
+    base = ["experiment=cxr_lung", f"data.root={CXR}", "callbacks.progress_bar=null"]
+    cfg = compose_config([*base, *overrides], out / name)
     start = time.perf_counter()
     _, metrics = train(cfg)
     metrics["wall_s"] = time.perf_counter() - start
@@ -39,19 +40,29 @@ def main() -> None:
         raise SystemExit(f"{CXR} not found: this benchmark needs the chest X-ray data set")
     n = args.epochs_per_stage
     common = [f"backbone={args.backbone}", f"data.image_size={args.image_size}"]
-    progressive = run("progressive", [*common, "stage=progressive", *(f"stage.stages.{i}.epochs={n}" for i in range(3))], args.out)
+    per_stage = [f"stage.stages.{i}.epochs={n}" for i in range(3)]
+    progressive = run("progressive", [*common, "stage=progressive", *per_stage], args.out)
     constant = run(
         "constant",
-        [*common, "stage=1", f"stage.stages.0.epochs={3 * n}", "stage.stages.0.data_fraction=1.0",
-         "stage.stages.0.aug_strength=mid", "stage.stages.0.name=constant"],
+        [
+            *common,
+            "stage=1",
+            f"stage.stages.0.epochs={3 * n}",
+            "stage.stages.0.data_fraction=1.0",
+            "stage.stages.0.aug_strength=mid",
+            "stage.stages.0.name=constant",
+        ],
         args.out,
     )
     print(f"\n{args.backbone}, {args.image_size}px, {3 * n} epochs in total, cxr_lung 70/15/15 patient split\n")
     print("| schedule | best val Dice | test Dice | wall time (s) |")
     print("|---|---|---|---|")
-    for name, m in [("progressive 1e-4/5e-5/1e-5, 20/60/100%, low/mid/high", progressive),
-                    ("constant 1e-4, 100%, mid", constant)]:
-        print(f"| {name} | {m.get('best/val/dice_mean', float('nan')):.4f} | {m.get('test/dice_mean', float('nan')):.4f} | {m['wall_s']:.0f} |")
+    for name, m in [
+        ("progressive 1e-4/5e-5/1e-5, 20/60/100%, low/mid/high", progressive),
+        ("constant 1e-4, 100%, mid", constant),
+    ]:
+        val, test = m.get("best/val/dice_mean", float("nan")), m.get("test/dice_mean", float("nan"))
+        print(f"| {name} | {val:.4f} | {test:.4f} | {m['wall_s']:.0f} |")
 
 
 if __name__ == "__main__":
