@@ -9,11 +9,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassJaccardIndex
-from torchmetrics.segmentation import DiceScore
 
 from medseg.callbacks.progressive import PARTS
 from medseg.losses import inverse_frequency_weights, set_class_weights
+from medseg.metrics import segmentation_metrics, update_ignoring
 from medseg.visualize import overlay_grid
 
 
@@ -47,13 +46,7 @@ class SegmentationModule(L.LightningModule):
         self._weights_set = class_weights is None
         if class_weights not in (None, "auto"):
             self._set_weights(torch.as_tensor(list(class_weights), dtype=torch.float32))
-        metrics = dict(
-            dice=DiceScore(
-                num_classes, include_background=False, average="none", aggregation_level="global", input_format="index"
-            ),
-            iou=MulticlassJaccardIndex(num_classes, average="none"),
-        )
-        self.val_metrics = MetricCollection(metrics, prefix="val/")
+        self.val_metrics = segmentation_metrics(num_classes, prefix="val/")
         self.test_metrics = self.val_metrics.clone(prefix="test/")
 
     def _set_weights(self, weights: torch.Tensor) -> None:
@@ -104,9 +97,7 @@ class SegmentationModule(L.LightningModule):
         loss = self.criterion(logits, batch["mask"])
         self.log(f"{prefix}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(logits))
         pred = logits.argmax(1)
-        target = batch["mask"]
-        ignored = target == self.hparams.ignore_index
-        metrics.update(pred.masked_fill(ignored, 0), target.masked_fill(ignored, 0))
+        update_ignoring(metrics, pred, batch["mask"], self.hparams.ignore_index)
         return pred
 
     def _log_metrics(self, metrics: MetricCollection, prefix: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -13,6 +12,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import medseg.config  # noqa: F401  (registers resolvers)
+from medseg.io import atomic_path
+from medseg.report import RESULTS_FILE, append_result, count_params_flops
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +43,36 @@ def load_weights(module: L.LightningModule, checkpoint: str | Path) -> None:
 
 def save_config(cfg: DictConfig, path: str | Path) -> None:
     """Write the fully resolved config as YAML, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    OmegaConf.save(cfg, tmp, resolve=True)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        OmegaConf.save(cfg, tmp, resolve=True)
+
+
+def record_sweep_result(cfg: DictConfig, model: L.LightningModule, trainer: L.Trainer, metrics: dict) -> None:
+    """In a Hydra multirun, append this job's summary to the sweep folder's results file (rank 0 only)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN or trainer.global_rank != 0:
+        return
+    size = cfg.data.image_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    params, gflops = count_params_flops(model.net, cfg.data.in_channels, size)
+    images = trainer.global_step * cfg.data.batch_size
+    append_result(
+        Path(HydraConfig.get().sweep.dir) / RESULTS_FILE,
+        dict(
+            job=HydraConfig.get().job.num,
+            overrides=list(HydraConfig.get().overrides.task),
+            backbone=cfg.model.net.encoder_name,
+            params=params,
+            gflops=gflops,
+            val_dice=metrics.get("best/val/dice_mean", metrics.get("val/dice_mean")),
+            test_dice=metrics.get("test/dice_mean"),
+            train_time_s=metrics["train_time_s"],
+            images_per_s=images / max(metrics["train_time_s"], 1e-9),
+            run_dir=str(cfg.paths.output_dir),
+        ),
+    )
 
 
 def train(cfg: DictConfig) -> tuple[float | None, dict]:
@@ -76,5 +102,6 @@ def train(cfg: DictConfig) -> tuple[float | None, dict]:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         test = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update({k: float(v) for k, v in (test[0] if test else {}).items()})
+    record_sweep_result(cfg, model, trainer, metrics)
     name = cfg.get("optimized_metric", "")
     return metrics.get(f"best/{name}", metrics.get(name)), metrics

@@ -15,8 +15,8 @@ _PARAMS = {
 }
 
 
-def build_augmentation(strength: str) -> A.Compose | None:
-    """Geometric and intensity augmentation; masks use nearest-neighbour interpolation, no colour jitter."""
+def build_augmentation(strength: str, seed: int | None = None) -> A.Compose | None:
+    """Geometric and intensity augmentation (masks nearest-neighbour, no colour jitter); SEED makes it repeatable."""
     if strength not in STRENGTHS:
         raise ValueError(f"unknown augmentation strength {strength!r}; choose from {STRENGTHS}")
     if strength == "none":
@@ -41,4 +41,4 @@ def build_augmentation(strength: str) -> A.Compose | None:
         )
     if p_grid:
         transforms.append(A.GridDistortion(distort_limit=0.2, mask_interpolation=cv2.INTER_NEAREST, p=p_grid, **border))
-    return A.Compose(transforms)
+    return A.Compose(transforms, seed=seed)

@@ -20,6 +20,7 @@ from medseg.data.index import Sample, hash_id, index_dicom, index_folder
 from medseg.data.split import split_patients, subset_patients
 from medseg.data.synthetic import CLASS_NAMES as DEMO_CLASSES
 from medseg.data.synthetic import ensure_demo_dataset
+from medseg.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.aug_strength = aug_strength
         self.splits: dict[str, list[Sample]] = {}
         self._cache: dict = {}
+        self._train_loaders = 0  # a new augmentation seed for every (re)loaded training epoch
 
     @property
     def num_classes(self) -> int:
@@ -105,8 +107,6 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def write_split(self, path: str | os.PathLike) -> None:
         """Write the split (hashed patients, image paths relative to the root) as JSON, atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "seed": self.hparams.seed,
             "fractions": list(self.hparams.split),
@@ -115,9 +115,8 @@ class SegmentationDataModule(L.LightningDataModule):
                 for name, items in self.splits.items()
             },
         }
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(payload, indent=1))
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(payload, indent=1))
 
     def train_samples(self) -> list[Sample]:
         """Training samples of the current data_fraction (a nested, stable subset of patients)."""
@@ -127,8 +126,9 @@ class SegmentationDataModule(L.LightningDataModule):
     def dataset(self, split: str, augment: bool = False) -> SliceDataset:
         """A dataset over one split sharing the decode cache; augmentation at the current strength."""
         samples = self.train_samples() if split == "train" else self.splits[split]
-        transform = build_augmentation(self.aug_strength) if augment else None
-        return SliceDataset(samples, self._prepare, self._cache, transform)
+        seed = self.hparams.seed * 10007 + self._train_loaders
+        transform = build_augmentation(self.aug_strength, seed) if augment else None
+        return SliceDataset(samples, self._prepare, self._cache, transform, seed)
 
     def _loader(self, dataset: SliceDataset, shuffle: bool) -> DataLoader:
         workers = self.hparams.num_workers
@@ -143,6 +143,7 @@ class SegmentationDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        self._train_loaders += 1
         return self._loader(self.dataset("train", augment=True), shuffle=True)
 
     def val_dataloader(self) -> DataLoader:

@@ -82,11 +82,22 @@ def fit_to_size(image: np.ndarray, mask: np.ndarray, size: Sequence[int], policy
     return image, mask
 
 
+def seed_worker_augmentation(worker_id: int) -> None:
+    """DataLoader worker_init_fn: give each worker its own augmentation stream, derived from the dataset seed."""
+    info = torch.utils.data.get_worker_info()
+    transform = getattr(info.dataset, "transform", None) if info else None
+    if transform is not None and getattr(info.dataset, "seed", None) is not None:
+        transform.set_random_seed(info.dataset.seed * 1000 + worker_id + 1)
+
+
 class SliceDataset(Dataset):
     """Samples decoded and resized once (cached as float16), augmented on every access."""
 
-    def __init__(self, samples: Sequence[Sample], prepare, cache: dict, transform=None) -> None:
+    def __init__(
+        self, samples: Sequence[Sample], prepare, cache: dict, transform=None, seed: int | None = None
+    ) -> None:
         self.samples = list(samples)
+        self.seed = seed
         self.prepare = prepare
         self.cache = cache
         self.transform = transform

@@ -14,7 +14,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 CLASS_NAMES = ("background", "organ", "lesion")
-VERSION = 1  # bump when the generator changes so old caches are not reused
+VERSION = 2  # bump when the generator changes so old caches are not reused
 _SS = 2  # supersampling factor used for partial-volume edges
 
 
@@ -116,6 +116,10 @@ def _write_dicom(path: Path, hu: np.ndarray, patient: int, z_index: int, uids: d
     ds.Modality = "CT"
     ds.PatientName = f"Demo^Patient{patient:02d}"
     ds.PatientID = f"DEMO-{patient:04d}"
+    ds.PatientBirthDate, ds.PatientSex = "", "O"
+    ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20260101", "120000", "1", ""
+    ds.ReferringPhysicianName, ds.Manufacturer = "", "medseg demo"
+    ds.SeriesDescription = "synthetic abdomen CT"
     ds.StudyInstanceUID, ds.SeriesInstanceUID = uids["study"], uids["series"]
     ds.FrameOfReferenceUID = uids["frame"]
     ds.SeriesNumber, ds.InstanceNumber = 1, z_index + 1

@@ -1,0 +1,162 @@
+"""Segment DICOM files/series or PNG/JPEG images with a checkpoint or ONNX model.
+
+    medseg-predict MODEL INPUT --out DIR [--policy resize|sliding]
+
+Writes per slice a class-index mask PNG (with a colour palette) and an overlay PNG; for DICOM input
+also one DICOM SEG per series that references the source instances.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import torch
+from PIL import Image
+from rich.progress import track
+
+from medseg import __version__
+from medseg.data.dataset import load_image
+from medseg.data.index import IMAGE_SUFFIXES, Sample, hash_id
+from medseg.inference import Predictor
+from medseg.io import atomic_path
+from medseg.visualize import PALETTE, overlay
+
+log = logging.getLogger(__name__)
+
+
+def find_inputs(path: Path) -> list[Path]:
+    """DICOM and image files at PATH (a file or a folder searched recursively)."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"input not found: {path}")
+    files = [p for p in sorted(path.rglob("*")) if p.is_file() and (p.suffix.lower() in (*IMAGE_SUFFIXES, ".dcm"))]
+    if not files:
+        raise FileNotFoundError(f"{path}: no .dcm, .png or .jpg files")
+    return files
+
+
+def _slice_position(ds: pydicom.Dataset) -> float:
+    """Position along the slice normal (InstanceNumber when geometry is missing)."""
+    if "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds:
+        iop = np.asarray(ds.ImageOrientationPatient, dtype=float)
+        return float(np.dot(np.cross(iop[:3], iop[3:]), np.asarray(ds.ImagePositionPatient, dtype=float)))
+    return float(ds.get("InstanceNumber", 0))
+
+
+def group_series(files: Sequence[Path]) -> dict[str, list[tuple[Path, pydicom.Dataset]]]:
+    """DICOM files grouped by SeriesInstanceUID and ordered along the slice normal."""
+    series: dict[str, list[tuple[Path, pydicom.Dataset]]] = defaultdict(list)
+    for path in files:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        series[str(ds.get("SeriesInstanceUID", path.parent))].append((path, ds))
+    return {uid: sorted(items, key=lambda item: _slice_position(item[1])) for uid, items in series.items()}
+
+
+def save_mask_and_overlay(image: np.ndarray, mask: np.ndarray, out: Path, name: str) -> None:
+    """Write NAME_mask.png (palette, class indices) and NAME_overlay.png, atomically."""
+    palette = (PALETTE.numpy() * 255).astype(np.uint8)
+    png = Image.fromarray(mask, mode="P")
+    png.putpalette(palette.flatten().tolist() + [0] * (768 - palette.size))
+    with atomic_path(out / f"{name}_mask.png") as tmp:
+        png.save(tmp, format="PNG")
+    rgb = overlay(torch.from_numpy(image.transpose(2, 0, 1).copy()), torch.from_numpy(mask.astype(np.int64)))
+    with atomic_path(out / f"{name}_overlay.png") as tmp:
+        Image.fromarray((rgb.numpy().transpose(1, 2, 0) * 255).round().astype(np.uint8)).save(tmp, format="PNG")
+
+
+def write_seg(sources: Sequence[Path], masks: Sequence[np.ndarray], class_names: Sequence[str], out: Path) -> Path:
+    """A DICOM SEG (highdicom, binary segments, one per foreground class) over one series."""
+    import highdicom as hd
+
+    datasets = [pydicom.dcmread(p) for p in sources]
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="medseg PSPNet",
+        family=hd.sr.CodedConcept("129465004", "SCT", "Artificial intelligence"),
+        version=__version__,
+    )
+    tissue = hd.sr.CodedConcept("85756007", "SCT", "Tissue")
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=i,
+            segment_label=name,
+            segmented_property_category=tissue,
+            segmented_property_type=tissue,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+        )
+        for i, name in enumerate(class_names[1:], start=1)
+    ]
+    seg = hd.seg.Segmentation(
+        source_images=datasets,
+        pixel_array=np.stack(masks).astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=900,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="medseg",
+        manufacturer_model_name="PSPNet",
+        software_versions=__version__,
+        device_serial_number="0",
+        omit_empty_frames=False,
+    )
+    path = out / f"seg_{hash_id(str(datasets[0].SeriesInstanceUID))}.dcm"
+    with atomic_path(path) as tmp:
+        seg.save_as(tmp)
+    return path
+
+
+def predict(model: str | Path, source: str | Path, out: str | Path, policy: str = "resize") -> list[Path]:
+    """Segment every slice under SOURCE; returns the DICOM SEG files written."""
+    predictor = Predictor(model)
+    info = predictor.info
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = find_inputs(Path(source))
+    dicoms = [p for p in files if p.suffix.lower() == ".dcm"]
+    images = [p for p in files if p.suffix.lower() != ".dcm"]
+    segs = []
+    for uid, items in group_series(dicoms).items():
+        masks = []
+        for index, (path, _) in enumerate(track(items, description=f"series {hash_id(uid)}")):
+            image = load_image(Sample(path, path, "", "dicom"), info.in_channels, info.window)
+            masks.append(predictor.segment(image, policy))
+            save_mask_and_overlay(image, masks[-1], out, f"{hash_id(uid)}_{index:04d}")
+        try:
+            segs.append(write_seg([p for p, _ in items], masks, info.class_names, out))
+        except Exception as exc:  # e.g. sources without the geometry a SEG needs
+            log.warning("series %s: no DICOM SEG written (%s)", hash_id(uid), exc)
+    for path in track(images, description="images"):
+        image = load_image(Sample(path, path, "", "image"), info.in_channels)
+        save_mask_and_overlay(image, predictor.segment(image, policy), out, path.stem)
+    return segs
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(prog="medseg-predict", description=__doc__.splitlines()[0])
+    parser.add_argument("model", type=Path, help="a .ckpt checkpoint or an .onnx file from medseg-export")
+    parser.add_argument("input", type=Path, help="a DICOM file, a folder (series), or PNG/JPEG images")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--policy",
+        choices=["resize", "sliding"],
+        default="resize",
+        help="resize to the training size, or slide training-size windows at native resolution",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    segs = predict(args.model, args.input, args.out, args.policy)
+    print(f"wrote masks and overlays to {args.out}" + (f"; DICOM SEG: {', '.join(map(str, segs))}" if segs else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""Sweep reports and model tables.
+
+medseg-report MULTIRUN_DIR      markdown table of a sweep + PNG plots (Dice vs params, val Dice curves)
+medseg-report --models          params and GFLOPs of the four PSPNets at 512x512
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from medseg.io import atomic_path
+
+RESULTS_FILE = "results.jsonl"
+
+
+def count_params_flops(net: torch.nn.Module, in_channels: int, size: Sequence[int]) -> tuple[int, float]:
+    """(parameters, forward GFLOPs) of NET for one image of SIZE; a multiply-add counts as 2 FLOPs."""
+    params = sum(p.numel() for p in net.parameters())
+    was_training = net.training
+    net.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(torch.zeros(1, in_channels, *size))
+    net.train(was_training)
+    return params, counter.get_total_flops() / 1e9
+
+
+def model_table(size: int = 512, in_channels: int = 1, num_classes: int = 2) -> str:
+    """Markdown table of params and GFLOPs of PSPNet on each backbone, at the default config."""
+    from medseg.models import PSPNet
+    from medseg.models.encoder import BACKBONES
+
+    lines = [f"| backbone | params (M) | GFLOPs at {size}x{size} | GMACs |", "|---|---|---|---|"]
+    for name in BACKBONES:
+        net = PSPNet(name, in_channels=in_channels, num_classes=num_classes, decoder_channels=128, output_stride=8)
+        params, gflops = count_params_flops(net, in_channels, (size, size))
+        lines.append(f"| {name} | {params / 1e6:.2f} | {gflops:.2f} | {gflops / 2:.2f} |")
+    return "\n".join(lines)
+
+
+def append_result(path: str | Path, record: dict) -> None:
+    """Append one JSON line to a sweep's results file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def read_results(multirun_dir: str | Path) -> list[dict]:
+    """Records of every run of a sweep, in job order."""
+    path = Path(multirun_dir) / RESULTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; run a sweep with `python train.py -m ...` first")
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return sorted(records, key=lambda r: r.get("job", 0))
+
+
+def sweep_table(records: Sequence[dict]) -> str:
+    """Markdown table of a sweep."""
+    lines = [
+        "| job | backbone | params (M) | GFLOPs | val Dice | test Dice | train time (s) | img/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        lines.append(
+            f"| {r['job']} | {r['backbone']} | {r['params'] / 1e6:.2f} | {r['gflops']:.2f} | {_fmt(r.get('val_dice'))} "
+            f"| {_fmt(r.get('test_dice'))} | {r['train_time_s']:.1f} | {r['images_per_s']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def val_curve(run_dir: str | Path) -> list[tuple[int, float]]:
+    """(step, val/dice_mean) read from a run's TensorBoard events."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(Path(run_dir) / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    if "val/dice_mean" not in acc.Tags()["scalars"]:
+        return []
+    return [(e.step, e.value) for e in acc.Scalars("val/dice_mean")]
+
+
+def plot_sweep(records: Sequence[dict], out_dir: str | Path) -> list[Path]:
+    """Write dice_vs_params.png and val_dice_curves.png; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for r in records:
+        ax.scatter(r["params"] / 1e6, r.get("val_dice") or 0.0)
+        ax.annotate(r["backbone"], (r["params"] / 1e6, r.get("val_dice") or 0.0), fontsize=8)
+    ax.set(xlabel="parameters (M)", ylabel="val mean Dice", title="Dice vs model size")
+    paths = [_save(fig, out_dir / "dice_vs_params.png")]
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for r in records:
+        curve = val_curve(r["run_dir"])
+        if curve:
+            ax.plot(*zip(*curve, strict=True), marker="o", label=f"{r['job']}: {r['backbone']}")
+    ax.set(xlabel="step", ylabel="val mean Dice", title="validation Dice")
+    ax.legend(fontsize=8)
+    paths.append(_save(fig, out_dir / "val_dice_curves.png"))
+    return paths
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
+    plt.close(fig)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(prog="medseg-report", description="Summarise a sweep or list model sizes.")
+    parser.add_argument("multirun_dir", nargs="?", type=Path)
+    parser.add_argument("--models", action="store_true", help="print params and GFLOPs of the four PSPNets")
+    parser.add_argument("--size", type=int, default=512)
+    args = parser.parse_args(argv)
+    if args.models:
+        print(model_table(args.size))
+    if args.multirun_dir:
+        records = read_results(args.multirun_dir)
+        print(sweep_table(records))
+        for path in plot_sweep(records, args.multirun_dir):
+            print(f"wrote {path}")
+    if not (args.models or args.multirun_dir):
+        parser.error("give a MULTIRUN_DIR, --models, or both")
+
+
+if __name__ == "__main__":
+    main()

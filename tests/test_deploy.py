@@ -1,0 +1,124 @@
+"""ONNX export with dynamic H/W for every backbone, INT8 quantization, and prediction to DICOM SEG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import onnx
+import pydicom
+import pytest
+from PIL import Image
+
+from medseg.export import check_parity, export_checkpoint, export_net
+from medseg.export import main as export_main
+from medseg.inference import ModelInfo, Predictor
+from medseg.models import PSPNet
+from medseg.models.encoder import BACKBONES
+from medseg.predict import predict
+from medseg.quantize import quantize_checkpoint_model
+from medseg.training import train
+
+
+@pytest.fixture(scope="session")
+def demo_checkpoint(cache_dir, tmp_path_factory) -> Path:
+    """A mobilenetv3 PSPNet trained briefly on the demo data (64 px)."""
+    from medseg.config import compose_config
+
+    out = tmp_path_factory.mktemp("trained")
+    cfg = compose_config(
+        [
+            "stage.stages.0.epochs=8",
+            "data.image_size=64",
+            "test=false",
+            "model.log_images=false",
+            "callbacks.progress_bar=null",
+            f"paths.cache_dir={cache_dir}",
+        ],
+        out,
+    )
+    train(cfg)
+    return out / "checkpoints" / "best.ckpt"
+
+
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+def test_every_backbone_exports_with_dynamic_height_and_width(backbone, tmp_path):
+    net = PSPNet(backbone, in_channels=1, num_classes=3, decoder_channels=32).eval()
+    info = ModelInfo(class_names=["bg", "a", "b"], in_channels=1, image_size=[64, 64])
+    path = export_net(net, info, tmp_path / f"{backbone}.onnx")
+    errors = check_parity(net, path, info, atol=1e-4)
+    assert len(errors) == 3 and max(errors) <= 1e-4
+    graph_input = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
+    assert all(d.dim_param for d in (graph_input[0], graph_input[2], graph_input[3]))  # symbolic, not fixed
+
+
+def test_export_cli_writes_metadata(demo_checkpoint, tmp_path, capsys):
+    export_main([str(demo_checkpoint), "--out", str(tmp_path / "m.onnx")])
+    assert "max |diff|" in capsys.readouterr().out
+    info = Predictor(tmp_path / "m.onnx").info
+    assert info.class_names == ["background", "organ", "lesion"]
+    assert info.in_channels == 1 and info.image_size == [64, 64] and info.size_policy == "stretch"
+
+
+def _is_quantized_conv(model: onnx.ModelProto) -> bool:
+    producers = {out: node for node in model.graph.node for out in node.output}
+    convs = [n for n in model.graph.node if n.op_type in ("Conv", "QLinearConv")]
+    if any(n.op_type == "QLinearConv" for n in convs):
+        return True
+    return (
+        sum(
+            all(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in n.input[:2])
+            for n in convs
+        )
+        >= len(convs) // 2
+    )
+
+
+def test_int8_quantizes_convolutions_within_dice_tolerance(demo_checkpoint, tmp_path):
+    fp32, _ = export_checkpoint(demo_checkpoint, tmp_path / "model.onnx")
+    report = quantize_checkpoint_model(demo_checkpoint, fp32, tolerance=0.02)
+    assert report.accepted, report.summary()
+    assert report.path.is_file() and report.path.stat().st_size < fp32.stat().st_size
+    assert report.fp32_dice > 0.3
+    assert abs(report.fp32_dice - report.int8_dice) <= 0.02
+    model = onnx.load(str(report.path))
+    assert _is_quantized_conv(model)
+    assert {p.key for p in model.metadata_props} >= {"medseg"}
+    refused = quantize_checkpoint_model(demo_checkpoint, fp32, tolerance=-1.0, out=tmp_path / "strict.onnx")
+    assert not refused.accepted and not (tmp_path / "strict.onnx").exists()
+    assert "refused: Dice drop" in refused.summary()
+
+
+@pytest.mark.parametrize("model_kind", ["ckpt", "onnx"])
+def test_predict_dicom_series_writes_masks_overlays_and_seg(demo_checkpoint, demo_root, tmp_path, model_kind):
+    model = demo_checkpoint
+    if model_kind == "onnx":
+        model, _ = export_checkpoint(demo_checkpoint, tmp_path / "model.onnx")
+    series = demo_root / "images" / "case03"
+    sources = sorted(series.glob("*.dcm"))
+    segs = predict(model, series, tmp_path / "out")
+    masks = sorted((tmp_path / "out").glob("*_mask.png"))
+    assert len(masks) == len(sources) == len(list((tmp_path / "out").glob("*_overlay.png")))
+    first = Image.open(masks[0])
+    assert first.mode == "P" and first.size == (256, 256)
+    assert set(np.unique(np.asarray(first))) <= {0, 1, 2}
+    assert len(segs) == 1
+    seg = hd.seg.segread(segs[0])
+    assert seg.Modality == "SEG" and int(seg.NumberOfFrames) == len(sources) * 2  # slices x foreground classes
+    referenced = {
+        ref.ReferencedSOPInstanceUID
+        for series_ref in seg.ReferencedSeriesSequence
+        for ref in series_ref.ReferencedInstanceSequence
+    }
+    assert referenced == {str(pydicom.dcmread(p).SOPInstanceUID) for p in sources}
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["organ", "lesion"]
+    names = " ".join(p.name for p in (tmp_path / "out").iterdir())
+    assert "DEMO" not in names and "case03" not in names
+
+
+def test_sliding_window_policy_matches_image_size(demo_checkpoint, tmp_path):
+    predictor = Predictor(demo_checkpoint)
+    image = np.random.default_rng(0).random((150, 90, 1), dtype=np.float32)
+    for policy in ("resize", "sliding"):
+        assert predictor.segment(image, policy).shape == (150, 90)
