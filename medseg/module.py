@@ -95,7 +95,7 @@ class SegmentationModule(L.LightningModule):
     def _evaluate(self, batch: dict, metrics: MetricCollection, prefix: str) -> torch.Tensor:
         logits = self(batch["image"])
         loss = self.criterion(logits, batch["mask"])
-        self.log(f"{prefix}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(logits))
+        self.log(f"{prefix}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(logits), sync_dist=True)
         pred = logits.argmax(1)
         update_ignoring(metrics, pred, batch["mask"], self.hparams.ignore_index)
         return pred

@@ -82,7 +82,10 @@ def val_curve(run_dir: str | Path) -> list[tuple[int, float]]:
     """(step, val/dice_mean) read from a run's TensorBoard events."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(Path(run_dir) / "tensorboard"), size_guidance={"scalars": 0})
+    folder = Path(run_dir) / "tensorboard"
+    if not folder.is_dir():  # e.g. fast_dev_run, which logs nothing
+        return []
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
     acc.Reload()
     if "val/dice_mean" not in acc.Tags()["scalars"]:
         return []
@@ -109,7 +112,8 @@ def plot_sweep(records: Sequence[dict], out_dir: str | Path) -> list[Path]:
         if curve:
             ax.plot(*zip(*curve, strict=True), marker="o", label=f"{r['job']}: {r['backbone']}")
     ax.set(xlabel="step", ylabel="val mean Dice", title="validation Dice")
-    ax.legend(fontsize=8)
+    if ax.lines:
+        ax.legend(fontsize=8)
     paths.append(_save(fig, out_dir / "val_dice_curves.png"))
     return paths
 

@@ -71,21 +71,14 @@ class ProgressiveSchedule(Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._apply_data(trainer, self._start_epoch)
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Also runs when a run resumes mid-epoch, where on_train_epoch_start is skipped.
+        self._enter(trainer, pl_module, self.stage_index(trainer.current_epoch))
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         index = self.stage_index(trainer.current_epoch)
-        stage = self.stages[index]
         if index != self._current:
             self._enter(trainer, pl_module, index)
-        pl_module.log_dict(
-            {
-                "stage": float(stage.name) if stage.name.isdigit() else float(index + 1),
-                "data_fraction": stage.data_fraction,
-                "aug_strength": float(_AUG_LEVEL[stage.aug_strength]),
-            },
-            on_step=False,
-            on_epoch=True,
-        )
-        pl_module.log("lr", trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)
 
     def _enter(self, trainer: L.Trainer, pl_module: L.LightningModule, index: int) -> None:
         """Set learning rate, reset schedulers and freeze parts for stage INDEX."""
@@ -110,6 +103,18 @@ class ProgressiveSchedule(Callback):
         self._current = index
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        index = self.stage_index(trainer.current_epoch)
+        stage = self.stages[index]
+        pl_module.log_dict(
+            {
+                "stage": float(stage.name) if stage.name.isdigit() else float(index + 1),
+                "lr": trainer.optimizers[0].param_groups[0]["lr"],
+                "data_fraction": stage.data_fraction,
+                "aug_strength": float(_AUG_LEVEL[stage.aug_strength]),
+            },
+            on_step=False,
+            on_epoch=True,
+        )
         self._apply_data(trainer, trainer.current_epoch + 1)
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:

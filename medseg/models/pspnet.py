@@ -38,7 +38,7 @@ class PSPNet(nn.Module):
         encoder_name: str = "mobilenetv3",
         in_channels: int = 1,
         num_classes: int = 2,
-        bins: Sequence[int] = (1, 3, 5, 7),
+        bins: Sequence[int] | str = (1, 3, 5, 7),
         output_stride: int = 8,
         decoder_channels: int = 256,
         dropout: float = 0.2,
@@ -46,6 +46,8 @@ class PSPNet(nn.Module):
         weights_path: str | None = None,
     ) -> None:
         super().__init__()
+        if isinstance(bins, str):  # "1-3-5-7", as sweepers pass choices
+            bins = [int(b) for b in bins.replace(",", "-").split("-") if b]
         self.encoder = Encoder(encoder_name, in_channels, output_stride, pretrained, weights_path)
         self.decoder = PSPDecoder(self.encoder.out_channels, tuple(bins), decoder_channels, dropout)
         self.segmentation_head = nn.Conv2d(decoder_channels, num_classes, 1)

@@ -1,0 +1,172 @@
+"""Sweeps and reports, simulated DDP, the SLURM launcher config, Optuna, kill-and-resume, reproducibility."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+from PIL import Image
+
+from medseg.config import CONFIG_DIR
+from medseg.inference import load_checkpoint_module
+from medseg.report import main as report_main
+from medseg.training import train
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = ["data.image_size=64", "data.batch_size=4", "callbacks.progress_bar=null"]
+
+
+def run_cli(args: list[str], cache_dir: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run train.py as a user would, failing with its stderr."""
+    env = {**os.environ, "MEDSEG_CACHE": str(cache_dir)}
+    result = subprocess.run(
+        [sys.executable, "train.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_backbone_multirun_and_report(cache_dir, tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    run_cli(
+        ["-m", "backbone=mobilenetv3,resnet18", "trainer.fast_dev_run=true", *TINY, f"hydra.sweep.dir={sweep}"],
+        cache_dir,
+    )
+    records = [json.loads(line) for line in (sweep / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["backbone"] for r in records) == ["mobilenetv3", "resnet18"]
+    assert len({r["run_dir"] for r in records}) == 2
+    report_main([str(sweep)])
+    table = capsys.readouterr().out
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "backbone" not in line]
+    assert len(rows) == 2 and "mobilenetv3" in table and "resnet18" in table
+    for name in ("dice_vs_params.png", "val_dice_curves.png"):
+        with Image.open(sweep / name) as image:
+            image.verify()
+            assert image.format == "PNG"
+
+
+def test_model_table_counts_real_flops(capsys):
+    report_main(["--models", "--size", "128"])
+    out = capsys.readouterr().out
+    rows = {
+        line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ") and "---" not in line
+    }
+    assert set(rows) >= {"mobilenetv3", "efficientnet_b0", "resnet18", "convnext_tiny"}
+    gflops = {k: float(v.split("|")[3]) for k, v in rows.items() if k != "backbone"}
+    assert gflops["convnext_tiny"] > gflops["resnet18"] > gflops["mobilenetv3"] > 0
+
+
+def test_ddp_sim_logs_the_global_metric(make_cfg, tmp_path):
+    cfg = make_cfg(["trainer=ddp_sim", "stage.stages.0.epochs=1", "test=false", *TINY], tmp_path / "ddp")
+    metric, _ = train(cfg)
+    best = tmp_path / "ddp" / "checkpoints" / "best.ckpt"
+    module, _ = load_checkpoint_module(best)
+    datamodule = instantiate(cfg.data, _convert_="all")
+    single = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    (result,) = single.validate(module, datamodule=datamodule)
+    assert metric == pytest.approx(result["val/dice_mean"], abs=1e-6)
+
+
+def test_slurm_launcher_config_composes():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(
+            "config",
+            overrides=[
+                "hydra/launcher=slurm",
+                "hydra.launcher.partition=gpu",
+                "hydra.launcher.gpus_per_node=4",
+                "hydra.launcher.nodes=2",
+            ],
+            return_hydra_config=True,
+        )
+    GlobalHydra.instance().clear()
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher.partition, launcher.gpus_per_node, launcher.nodes, launcher.tasks_per_node) == ("gpu", 4, 2, 4)
+    assert launcher.timeout_min > 0
+
+
+def test_optuna_search_runs_two_trials(cache_dir, tmp_path):
+    sweep = tmp_path / "optuna"
+    run_cli(
+        [
+            "-m",
+            "hparams_search=optuna",
+            "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.sampler.n_startup_trials=2",
+            "trainer.fast_dev_run=true",
+            *TINY,
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cache_dir,
+    )
+    records = [json.loads(line) for line in (sweep / "results.jsonl").read_text().splitlines()]
+    assert len(records) == 2
+    results = (sweep / "optimization_results.yaml").read_text()
+    assert "best_params" in results and "best_value" in results
+
+
+def _progress(checkpoint: Path) -> tuple[int, int] | None:
+    """(global step, epochs processed) saved in a checkpoint."""
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception:  # absent or still being written
+        return None
+    return state["global_step"], state["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
+
+
+def test_killed_mid_epoch_resumes_and_finishes(cache_dir, tmp_path):
+    run, resumed = tmp_path / "run", tmp_path / "resumed"
+    # 64 training slices, batch 4 -> 16 steps per epoch; last.ckpt every 3 steps
+    args = [
+        "stage.stages.0.epochs=3",
+        "callbacks.step_checkpoint.every_n_train_steps=3",
+        "test=false",
+        "trainer.limit_val_batches=1",
+        *TINY,
+    ]
+    env = {**os.environ, "MEDSEG_CACHE": str(cache_dir)}
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", *args, f"hydra.run.dir={run}"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    last = run / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            progress = _progress(last)
+            if progress and progress[0] > 16 and progress[0] % 16:  # inside the second epoch
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.2)
+    finally:
+        proc.kill()
+        proc.wait()
+    step, processed = _progress(last)
+    assert processed == 1 and 16 < step < 32, (step, processed)  # killed inside the second epoch
+    run_cli([*args, f"hydra.run.dir={resumed}", f"ckpt_path={last}"], cache_dir)
+    assert sorted(p.name for p in (resumed / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    final = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert final["global_step"] == 48 and final["epoch"] == 2  # 3 full epochs of 16 steps: none lost
+
+
+def test_same_seed_same_dice(make_cfg, tmp_path):
+    overrides = ["stage.stages.0.epochs=2", "trainer.limit_train_batches=4", "test=false", "seed=7", *TINY]
+    first, _ = train(make_cfg(overrides, tmp_path / "a"))
+    second, _ = train(make_cfg(overrides, tmp_path / "b"))
+    assert first == second
