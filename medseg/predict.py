@@ -1,9 +1,9 @@
 """Segment DICOM files/series or PNG/JPEG images with a checkpoint or ONNX model.
 
-    medseg-predict MODEL INPUT --out DIR [--policy resize|sliding]
+    medseg-predict MODEL INPUT --out DIR [--policy resize|sliding] [--nifti]
 
 Writes per slice a class-index mask PNG (with a colour palette) and an overlay PNG; for DICOM input
-also one DICOM SEG per series that references the source instances.
+also one DICOM SEG per series that references the source instances (and NIfTI with --nifti).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from rich.progress import track
 
 from medseg import __version__
 from medseg.data.dataset import load_image
+from medseg.data.dicom import slice_position
 from medseg.data.index import IMAGE_SUFFIXES, Sample, hash_id
 from medseg.inference import Predictor
 from medseg.io import atomic_path
@@ -42,21 +43,13 @@ def find_inputs(path: Path) -> list[Path]:
     return files
 
 
-def _slice_position(ds: pydicom.Dataset) -> float:
-    """Position along the slice normal (InstanceNumber when geometry is missing)."""
-    if "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds:
-        iop = np.asarray(ds.ImageOrientationPatient, dtype=float)
-        return float(np.dot(np.cross(iop[:3], iop[3:]), np.asarray(ds.ImagePositionPatient, dtype=float)))
-    return float(ds.get("InstanceNumber", 0))
-
-
 def group_series(files: Sequence[Path]) -> dict[str, list[tuple[Path, pydicom.Dataset]]]:
     """DICOM files grouped by SeriesInstanceUID and ordered along the slice normal."""
     series: dict[str, list[tuple[Path, pydicom.Dataset]]] = defaultdict(list)
     for path in files:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         series[str(ds.get("SeriesInstanceUID", path.parent))].append((path, ds))
-    return {uid: sorted(items, key=lambda item: _slice_position(item[1])) for uid, items in series.items()}
+    return {uid: sorted(items, key=lambda item: slice_position(item[1])) for uid, items in series.items()}
 
 
 def save_mask_and_overlay(image: np.ndarray, mask: np.ndarray, out: Path, name: str) -> None:
@@ -114,8 +107,42 @@ def write_seg(sources: Sequence[Path], masks: Sequence[np.ndarray], class_names:
     return path
 
 
-def predict(model: str | Path, source: str | Path, out: str | Path, policy: str = "resize") -> list[Path]:
-    """Segment every slice under SOURCE; returns the DICOM SEG files written."""
+def series_affine(datasets: Sequence[pydicom.Dataset]) -> np.ndarray:
+    """4x4 voxel (column, row, slice) -> RAS millimetre affine of a sorted series, as NIfTI expects."""
+    first = datasets[0]
+    iop = np.asarray(first.ImageOrientationPatient, dtype=float)
+    row_spacing, col_spacing = (float(v) for v in first.PixelSpacing)
+    origin = np.asarray(first.ImagePositionPatient, dtype=float)
+    if len(datasets) > 1:
+        step = (np.asarray(datasets[-1].ImagePositionPatient, dtype=float) - origin) / (len(datasets) - 1)
+    else:
+        step = np.cross(iop[:3], iop[3:]) * float(first.get("SliceThickness", 1.0))
+    affine = np.eye(4)
+    affine[:3, 0], affine[:3, 1], affine[:3, 2], affine[:3, 3] = (
+        iop[:3] * col_spacing,
+        iop[3:] * row_spacing,
+        step,
+        origin,
+    )
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine  # DICOM LPS -> NIfTI RAS
+
+
+def write_nifti(sources: Sequence[Path], masks: Sequence[np.ndarray], out: Path) -> Path:
+    """The series' label volume as NIfTI (uint8, x = column, y = row, z = slice) with its scanner affine."""
+    import nibabel as nib
+
+    datasets = [pydicom.dcmread(p, stop_before_pixels=True) for p in sources]
+    volume = np.stack(masks).transpose(2, 1, 0).astype(np.uint8)
+    path = out / f"seg_{hash_id(str(datasets[0].SeriesInstanceUID))}.nii.gz"
+    with atomic_path(path) as tmp:
+        nib.save(nib.Nifti1Image(volume, series_affine(datasets)), tmp)
+    return path
+
+
+def predict(
+    model: str | Path, source: str | Path, out: str | Path, policy: str = "resize", nifti: bool = False
+) -> list[Path]:
+    """Segment every slice under SOURCE; returns the DICOM SEG (and NIfTI) files written."""
     predictor = Predictor(model)
     info = predictor.info
     out = Path(out)
@@ -130,10 +157,13 @@ def predict(model: str | Path, source: str | Path, out: str | Path, policy: str 
             image = load_image(Sample(path, path, "", "dicom"), info.in_channels, info.window)
             masks.append(predictor.segment(image, policy))
             save_mask_and_overlay(image, masks[-1], out, f"{hash_id(uid)}_{index:04d}")
+        sources = [p for p, _ in items]
         try:
-            segs.append(write_seg([p for p, _ in items], masks, info.class_names, out))
+            segs.append(write_seg(sources, masks, info.class_names, out))
         except Exception as exc:  # e.g. sources without the geometry a SEG needs
             log.warning("series %s: no DICOM SEG written (%s)", hash_id(uid), exc)
+        if nifti:
+            segs.append(write_nifti(sources, masks, out))
     for path in track(images, description="images"):
         image = load_image(Sample(path, path, "", "image"), info.in_channels)
         save_mask_and_overlay(image, predictor.segment(image, policy), out, path.stem)
@@ -152,10 +182,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         default="resize",
         help="resize to the training size, or slide training-size windows at native resolution",
     )
+    parser.add_argument("--nifti", action="store_true", help="also write each DICOM series' labels as .nii.gz")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    segs = predict(args.model, args.input, args.out, args.policy)
-    print(f"wrote masks and overlays to {args.out}" + (f"; DICOM SEG: {', '.join(map(str, segs))}" if segs else ""))
+    written = predict(args.model, args.input, args.out, args.policy, args.nifti)
+    print(f"wrote masks and overlays to {args.out}" + "".join(f"\n{p}" for p in written))
 
 
 if __name__ == "__main__":

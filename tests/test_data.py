@@ -69,18 +69,48 @@ def test_datamodule_split_file_and_no_patient_leak(demo_root, tmp_path):
     assert batch["mask"].dtype == np.int64 or str(batch["mask"].dtype) == "torch.int64"
 
 
-def test_decode_cache_is_filled_once(demo_root, monkeypatch):
+def test_decode_cache_second_epoch_never_decodes(demo_root, monkeypatch, tmp_path):
     import medseg.data.datamodule as dmod
 
     calls = []
-    real = dmod.load_image
-    monkeypatch.setattr(dmod, "load_image", lambda *a, **k: calls.append(1) or real(*a, **k))
-    dm = SegmentationDataModule(root=str(demo_root), aug_strength="high")
+    real = dmod.load_image_meta
+    monkeypatch.setattr(dmod, "load_image_meta", lambda *a, **k: calls.append(1) or real(*a, **k))
+    dm = SegmentationDataModule(root=str(demo_root), aug_strength="high", preload=False)
     dm.setup("fit")
+    epochs = []
     for _ in range(2):
+        before = len(calls)
         for _ in dm.train_dataloader():
             pass
-    assert len(calls) == len(dm.splits["train"])
+        epochs.append(len(calls) - before)
+    assert epochs == [len(dm.splits["train"]), 0]
+
+
+def test_disk_cache_is_keyed_by_content_and_settings(demo_root, monkeypatch, tmp_path):
+    import shutil
+
+    import medseg.data.datamodule as dmod
+
+    root = tmp_path / "data"
+    shutil.copytree(demo_root, root)
+    calls = []
+    real = dmod.load_image_meta
+    monkeypatch.setattr(dmod, "load_image_meta", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cache = tmp_path / "decoded"
+
+    def setup(**kwargs):
+        calls.clear()
+        SegmentationDataModule(root=str(root), decode_cache=str(cache), **kwargs).setup("fit")
+        return len(calls)
+
+    assert setup() == 96  # first run decodes everything
+    assert setup() == 0  # a new run reuses the disk cache
+    assert setup(image_size=96) == 96  # other preprocessing, other keys
+    mask = root / "masks" / "case00_s03.png"
+    mask.write_bytes(mask.read_bytes())  # same content, new mtime: still cached
+    assert setup() == 0
+    Image.fromarray(np.zeros((256, 256), np.uint8)).save(mask)  # new content: decoded again
+    assert setup() == 1
 
 
 @pytest.mark.parametrize("strength", ["low", "mid", "high"])
@@ -134,9 +164,8 @@ def test_folder_layout_with_mask_mapping_and_bad_values(tmp_path):
     bad = SegmentationDataModule(
         root=str(tmp_path), layout="folder", class_names=["bg", "fg"], mask_mapping={255: 7}, image_size=32
     )
-    bad.setup("fit")
     with pytest.raises(ValueError, match=r"pat\d_a.png: mask values \[7\]"):
-        next(iter(bad.val_dataloader()))
+        bad.setup("fit")
 
 
 @requires_cxr_lung()

@@ -122,3 +122,21 @@ def test_sliding_window_policy_matches_image_size(demo_checkpoint, tmp_path):
     image = np.random.default_rng(0).random((150, 90, 1), dtype=np.float32)
     for policy in ("resize", "sliding"):
         assert predictor.segment(image, policy).shape == (150, 90)
+
+
+def test_predict_nifti_volume_is_aligned_with_the_slices(demo_checkpoint, demo_root, tmp_path):
+    import nibabel as nib
+
+    series = demo_root / "images" / "case05"
+    written = predict(demo_checkpoint, series, tmp_path, nifti=True)
+    volume = nib.load(next(p for p in written if p.name.endswith(".nii.gz")))
+    data = np.asarray(volume.dataobj)
+    sources = sorted(series.glob("*.dcm"), key=lambda p: float(pydicom.dcmread(p).ImagePositionPatient[2]))
+    assert data.shape == (256, 256, len(sources))
+    masks = sorted(tmp_path.glob("*_mask.png"))
+    for k, (source, mask) in enumerate(zip(sources, masks, strict=True)):
+        ds = pydicom.dcmread(source)
+        lps = np.asarray(ds.ImagePositionPatient, dtype=float)
+        np.testing.assert_allclose(volume.affine @ [0, 0, k, 1], [-lps[0], -lps[1], lps[2], 1], atol=1e-6)
+        np.testing.assert_array_equal(data[:, :, k].T, np.asarray(Image.open(mask)))
+    np.testing.assert_allclose(volume.header.get_zooms(), (1.5, 1.5, 5.0))

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from medseg.models.encoder import BACKBONES
@@ -71,3 +72,19 @@ def test_unknown_backbone_lists_options_without_traceback(tmp_path):
     for name in BACKBONES:
         assert name in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_auto_class_weights_come_from_training_masks(make_cfg):
+    from hydra.utils import instantiate
+
+    from medseg.losses import inverse_frequency_weights
+
+    cfg = make_cfg(["model.class_weights=auto", "trainer.fast_dev_run=true", "data.image_size=64", "data.batch_size=2"])
+    datamodule = instantiate(cfg.data, _convert_="all")
+    model = instantiate(cfg.model, _recursive_=False)
+    trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
+    trainer.fit(model, datamodule=datamodule)
+    expected = inverse_frequency_weights(datamodule.class_pixel_counts())
+    assert torch.allclose(model.class_weights, expected)
+    assert model.class_weights[2] > model.class_weights[1] > model.class_weights[0]  # lesion rarest
+    assert torch.equal(model.criterion.dice.class_weights, model.class_weights)

@@ -15,7 +15,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from medseg.data.augment import build_augmentation
-from medseg.data.dataset import SliceDataset, fit_to_size, load_image, load_mask
+from medseg.data.cache import DecodeCache
+from medseg.data.dataset import (
+    MaskValueError,
+    SliceDataset,
+    fit_to_size,
+    load_image_meta,
+    load_mask,
+    seed_worker_augmentation,
+)
 from medseg.data.index import Sample, hash_id, index_dicom, index_folder
 from medseg.data.split import split_patients, subset_patients
 from medseg.data.synthetic import CLASS_NAMES as DEMO_CLASSES
@@ -27,8 +35,8 @@ log = logging.getLogger(__name__)
 
 def _prepare(sample: Sample, *, in_channels, window, size, size_policy, num_classes, mapping, threshold, ignore_index):
     """Decode, validate and resize one sample (module level so worker processes can pickle it)."""
-    image = load_image(sample, in_channels, window)
-    mask = load_mask(sample, num_classes, mapping, threshold, ignore_index)
+    image, meta = load_image_meta(sample, in_channels, window)
+    mask = load_mask(sample, num_classes, mapping, threshold, ignore_index, meta, image.shape[:2])
     if image.shape[:2] != mask.shape:
         raise ValueError(f"{sample.mask}: mask size {mask.shape} differs from image size {image.shape[:2]}")
     return fit_to_size(image, mask, size, size_policy)
@@ -57,6 +65,9 @@ class SegmentationDataModule(L.LightningDataModule):
         data_fraction: float = 1.0,
         aug_strength: str = "mid",
         cache_dir: str = "~/.cache/medseg",
+        decode_cache: str | None = None,
+        preload: bool = True,
+        strict: bool = False,
         split_file: str | None = None,
     ) -> None:
         super().__init__()
@@ -67,7 +78,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.data_fraction = data_fraction
         self.aug_strength = aug_strength
         self.splits: dict[str, list[Sample]] = {}
-        self._cache: dict = {}
+        self._cache: DecodeCache | None = None
         self._train_loaders = 0  # a new augmentation seed for every (re)loaded training epoch
 
     @property
@@ -83,7 +94,7 @@ class SegmentationDataModule(L.LightningDataModule):
         root = Path(hp.root).expanduser() if hp.root else ensure_demo_dataset(hp.cache_dir)
         if not root.is_dir():
             raise FileNotFoundError(f"data root not found: {root}")
-        samples = index_dicom(root) if hp.layout == "dicom" else index_folder(root, hp.patient_regex)
+        samples = index_dicom(root, hp.strict) if hp.layout == "dicom" else index_folder(root, hp.patient_regex)
         parts = split_patients([s.patient for s in samples], hp.split, hp.seed)
         self.patients = parts
         self.splits = {name: [s for s in samples if s.patient in set(ids)] for name, ids in parts.items()}
@@ -99,11 +110,41 @@ class SegmentationDataModule(L.LightningDataModule):
             threshold=hp.mask_threshold,
             ignore_index=hp.ignore_index,
         )
+        params = {k: hp[k] for k in ("in_channels", "window", "size_policy", "mask_mapping", "mask_threshold")}
+        self._cache = DecodeCache({**params, "size": self.image_size, "classes": self.num_classes}, hp.decode_cache)
+        if hp.preload:
+            self.preload()
         log.info(
             "data %s: %s", root, {k: f"{len(parts[k])} patients / {len(v)} slices" for k, v in self.splits.items()}
         )
         if hp.split_file:
             self.write_split(hp.split_file)
+
+    def preload(self) -> None:
+        """Decode every sample once into the cache; failures are logged per file and dropped (raised if strict)."""
+        failures = []
+        for name, items in self.splits.items():
+            dataset = SliceDataset(items, self._prepare, self._cache)
+            kept = []
+            for i, sample in enumerate(items):
+                try:
+                    dataset.load(i)
+                    kept.append(sample)
+                except (ValueError, OSError) as exc:
+                    if self.hparams.strict or isinstance(exc, MaskValueError):
+                        raise
+                    log.error("%s", exc)
+                    failures.append(sample)
+            self.splits[name] = kept
+        empty = [name for name, items in self.splits.items() if not items and name != "test"]
+        if empty:
+            raise ValueError(f"no decodable samples left in split(s) {empty}; see the errors above")
+        if failures:
+            log.warning(
+                "%d of %d samples could not be decoded and were left out",
+                len(failures),
+                len(failures) + sum(len(v) for v in self.splits.values()),
+            )
 
     def write_split(self, path: str | os.PathLike) -> None:
         """Write the split (hashed patients, image paths relative to the root) as JSON, atomically."""
@@ -140,6 +181,7 @@ class SegmentationDataModule(L.LightningDataModule):
             num_workers=workers,
             persistent_workers=False,
             pin_memory=torch.cuda.is_available(),
+            worker_init_fn=seed_worker_augmentation if workers else None,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -10,14 +10,20 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from medseg.data.dicom import read_slice
+from medseg.data.dicom import SliceMeta, read_slice
 from medseg.data.index import Sample
+from medseg.data.labels import nifti_slice, read_png, seg_slice
 
 
-def load_image(sample: Sample, in_channels: int, window=None) -> np.ndarray:
-    """Decode an image to float32 [H, W, C] in [0, 1]."""
+class MaskValueError(ValueError):
+    """A label file holds values that are not classes: a configuration problem, never skipped."""
+
+
+def load_image_meta(sample: Sample, in_channels: int, window=None) -> tuple[np.ndarray, SliceMeta | None]:
+    """Decode an image to float32 [H, W, C] in [0, 1], with DICOM metadata when it is DICOM."""
+    meta = None
     if sample.kind == "dicom":
-        image = read_slice(sample.image, window)[0]
+        image, meta = read_slice(sample.image, window, frame=sample.frame)
     else:
         try:
             with Image.open(sample.image) as im:
@@ -28,7 +34,12 @@ def load_image(sample: Sample, in_channels: int, window=None) -> np.ndarray:
         image = image[..., None]
     if image.shape[-1] != in_channels:
         image = np.repeat(image[..., :1], in_channels, axis=-1) if in_channels == 3 else image.mean(-1, keepdims=True)
-    return image
+    return image, meta
+
+
+def load_image(sample: Sample, in_channels: int, window=None) -> np.ndarray:
+    """Decode an image to float32 [H, W, C] in [0, 1]."""
+    return load_image_meta(sample, in_channels, window)[0]
 
 
 def load_mask(
@@ -37,24 +48,29 @@ def load_mask(
     mapping: Mapping[int, int] | None = None,
     threshold: int | None = None,
     ignore_index: int = 255,
+    meta: SliceMeta | None = None,
+    shape: tuple[int, int] | None = None,
 ) -> np.ndarray:
-    """Read a label PNG to uint8 class indices, applying a threshold or a value mapping, and validate it."""
-    with Image.open(sample.mask) as im:
-        raw = np.asarray(im if im.mode in ("L", "P", "I", "I;16") else im.convert("L"))
+    """Read labels (PNG, NIfTI volume or DICOM SEG) as uint8 class indices, mapped and validated."""
+    name = sample.mask.name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        raw = nifti_slice(sample.mask, meta, shape)
+    elif name.endswith(".dcm"):
+        raw = seg_slice(sample.mask, meta)
+    else:
+        raw = read_png(sample.mask)
     if threshold is not None:
-        mask = (raw >= threshold).astype(np.uint8)
+        mask = (raw >= threshold).astype(np.int64)
     else:
         mask = raw.astype(np.int64)
         if mapping:
-            lut = {int(k): int(v) for k, v in mapping.items()}
             out = mask.copy()
-            for src, dst in lut.items():
-                out[mask == src] = dst
+            for src, dst in mapping.items():
+                out[mask == int(src)] = int(dst)
             mask = out
-    values = np.unique(mask)
-    bad = [int(v) for v in values if v >= num_classes and v != ignore_index]
+    bad = [int(v) for v in np.unique(mask) if v >= num_classes and v != ignore_index]
     if bad:
-        raise ValueError(
+        raise MaskValueError(
             f"{sample.mask}: mask values {bad} are not classes 0..{num_classes - 1} "
             "(set data.mask_mapping or data.mask_threshold)"
         )
@@ -91,16 +107,14 @@ def seed_worker_augmentation(worker_id: int) -> None:
 
 
 class SliceDataset(Dataset):
-    """Samples decoded and resized once (cached as float16), augmented on every access."""
+    """Samples decoded and resized once (through a DecodeCache), augmented on every access."""
 
-    def __init__(
-        self, samples: Sequence[Sample], prepare, cache: dict, transform=None, seed: int | None = None
-    ) -> None:
+    def __init__(self, samples: Sequence[Sample], prepare, cache, transform=None, seed: int | None = None) -> None:
         self.samples = list(samples)
-        self.seed = seed
         self.prepare = prepare
         self.cache = cache
         self.transform = transform
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -108,11 +122,10 @@ class SliceDataset(Dataset):
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Decoded, resized image [H, W, C] float32 and mask [H, W] uint8, from the cache when present."""
         sample = self.samples[index]
-        if sample.image not in self.cache:
-            image, mask = self.prepare(sample)
-            self.cache[sample.image] = (image.astype(np.float16), mask)
-        image, mask = self.cache[sample.image]
-        return image.astype(np.float32), mask
+        entry = self.cache.get(sample)
+        if entry is None:
+            entry = self.cache.put(sample, *self.prepare(sample))
+        return entry[0].astype(np.float32), entry[1]
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         image, mask = self.load(index)

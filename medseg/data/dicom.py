@@ -1,13 +1,16 @@
-"""DICOM slice decoding: modality LUT, VOI window and photometric handling to float32 in [0, 1]."""
+"""DICOM decoding to float32 in [0, 1]: modality LUT, VOI window or LUT, photometric and multi-frame handling."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.pixels import apply_modality_lut
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi
+
+log = logging.getLogger(__name__)
 
 # Window presets as (center, width) in Hounsfield units.
 WINDOW_PRESETS: dict[str, tuple[float, float]] = {
@@ -17,17 +20,25 @@ WINDOW_PRESETS: dict[str, tuple[float, float]] = {
     "brain": (40.0, 80.0),
     "bone": (400.0, 1800.0),
 }
+PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+class NoPixelData(ValueError):
+    """A DICOM object without an image (SR, RTSTRUCT, presentation state...)."""
 
 
 @dataclass(frozen=True)
 class SliceMeta:
-    """Identifiers and geometry of one decoded slice."""
+    """Identifiers, geometry and the window used for one decoded frame."""
 
     patient_id: str
     series_uid: str
     sop_uid: str
     pixel_spacing: tuple[float, float] | None
-    window: tuple[float, float]
+    window: tuple[float, float] | str | None
+    frame: int = 0
+    position: tuple[float, ...] | None = None
+    orientation: tuple[float, ...] | None = None
 
 
 def apply_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
@@ -37,47 +48,137 @@ def apply_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
-def _first(value) -> float:
-    """Return the first element of a possibly multi-valued DICOM number."""
+def _pick(value, index: int = 0) -> float:
+    """Element INDEX (or the last) of a possibly multi-valued DICOM number."""
     if isinstance(value, pydicom.multival.MultiValue | list | tuple):
-        return float(value[0])
+        return float(value[min(index, len(value) - 1)])
     return float(value)
 
 
-def resolve_window(ds: pydicom.Dataset, values: np.ndarray, window) -> tuple[float, float]:
-    """Pick the VOI window: explicit (center, width), a named preset, the file's tags, or percentiles."""
+def _frame_item(ds: pydicom.Dataset, frame: int, sequence: str) -> pydicom.Dataset | None:
+    """The functional-group item SEQUENCE for FRAME (per-frame first, then shared), if present."""
+    for groups, i in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
+        items = ds.get(groups)
+        seq = items[i].get(sequence) if items and len(items) > i else None
+        if seq:
+            return seq[0]
+    return None
+
+
+def _modality(ds: pydicom.Dataset, stored: np.ndarray, frame: int) -> np.ndarray:
+    """Stored values -> modality values (RescaleSlope/Intercept, Modality LUT Sequence, per-frame groups)."""
+    item = _frame_item(ds, frame, "PixelValueTransformationSequence")
+    if item is not None and "RescaleSlope" in item:
+        return stored.astype(np.float64) * float(item.RescaleSlope) + float(item.get("RescaleIntercept", 0.0))
+    return np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+
+
+def _voi(ds: pydicom.Dataset, values: np.ndarray, frame: int, window, voi_index: int):
+    """Apply the VOI stage; returns (image in [0, 1], window description)."""
     if isinstance(window, str):
         if window not in WINDOW_PRESETS:
             raise ValueError(f"unknown window preset {window!r}; choose from {sorted(WINDOW_PRESETS)}")
-        return WINDOW_PRESETS[window]
+        center, width = WINDOW_PRESETS[window]
+        return apply_window(values, center, width), (center, width)
     if window is not None:
-        center, width = window
-        return float(center), float(width)
-    if "WindowCenter" in ds and "WindowWidth" in ds:
-        return _first(ds.WindowCenter), _first(ds.WindowWidth)
+        center, width = (float(v) for v in window)
+        return apply_window(values, center, width), (center, width)
+    item = _frame_item(ds, frame, "FrameVOILUTSequence")
+    source = item if item is not None and "WindowCenter" in item else ds
+    if "WindowCenter" in source and "WindowWidth" in source:
+        center, width = _pick(source.WindowCenter, voi_index), _pick(source.WindowWidth, voi_index)
+        return apply_window(values, center, width), (center, width)
+    if "VOILUTSequence" in ds:
+        lut = ds.VOILUTSequence[min(voi_index, len(ds.VOILUTSequence) - 1)]
+        out = apply_voi(values, ds, index=min(voi_index, len(ds.VOILUTSequence) - 1)).astype(np.float64)
+        bits = int(lut.LUTDescriptor[2]) or 16
+        return np.clip(out / (2**bits - 1), 0.0, 1.0).astype(np.float32), "VOILUTSequence"
     lo, hi = np.percentile(values, [0.5, 99.5])
-    return float(lo + hi) / 2.0, float(max(hi - lo, 1.0))
+    center, width = float(lo + hi) / 2.0, float(max(hi - lo, 1.0))
+    return apply_window(values, center, width), (center, width)
 
 
-def read_slice(path: str | Path, window=None) -> tuple[np.ndarray, SliceMeta]:
-    """Decode one single-frame DICOM file to a float32 [H, W] image in [0, 1] and its metadata."""
+def _colour(ds: pydicom.Dataset, arr: np.ndarray) -> np.ndarray:
+    """RGB (YBR already converted by pydicom) or PALETTE COLOR frame -> float32 [H, W, 3] in [0, 1]."""
+    if ds.PhotometricInterpretation == "PALETTE COLOR":
+        rgb = apply_color_lut(arr, ds).astype(np.float64)
+        bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
+        return (rgb / (2**bits - 1)).astype(np.float32)
+    return (arr.astype(np.float64) / (2 ** int(ds.BitsStored) - 1)).clip(0, 1).astype(np.float32)
+
+
+def _geometry(ds: pydicom.Dataset, frame: int):
+    """(pixel spacing, position, orientation) of a frame, from per-frame groups or the top level."""
+    measures = _frame_item(ds, frame, "PixelMeasuresSequence")
+    position = _frame_item(ds, frame, "PlanePositionSequence")
+    orientation = _frame_item(ds, frame, "PlaneOrientationSequence")
+    spacing_src = measures if measures is not None and "PixelSpacing" in measures else ds
+    spacing = tuple(float(v) for v in spacing_src.PixelSpacing) if "PixelSpacing" in spacing_src else None
+    pos_src = position if position is not None else ds
+    ipp = tuple(float(v) for v in pos_src.ImagePositionPatient) if "ImagePositionPatient" in pos_src else None
+    ori_src = orientation if orientation is not None else ds
+    iop = tuple(float(v) for v in ori_src.ImageOrientationPatient) if "ImageOrientationPatient" in ori_src else None
+    return spacing, ipp, iop
+
+
+def read_dataset(path: str | Path) -> pydicom.Dataset:
+    """Read a DICOM file with pixel data; NoPixelData for objects without an image, ValueError if unreadable."""
     path = Path(path)
     try:
         ds = pydicom.dcmread(path)
-        stored = ds.pixel_array
-    except Exception as exc:  # pydicom raises many types for broken files
-        raise ValueError(f"{path}: cannot decode DICOM pixel data ({exc})") from exc
-    values = apply_modality_lut(stored, ds).astype(np.float32)
-    center, width = resolve_window(ds, values, window)
-    image = apply_window(values, center, width)
-    if ds.get("PhotometricInterpretation", "MONOCHROME2") == "MONOCHROME1":
-        image = 1.0 - image
-    spacing = tuple(float(v) for v in ds.PixelSpacing) if "PixelSpacing" in ds else None
-    meta = SliceMeta(
-        patient_id=str(ds.get("PatientID", "")),
-        series_uid=str(ds.get("SeriesInstanceUID", "")),
-        sop_uid=str(ds.get("SOPInstanceUID", "")),
-        pixel_spacing=spacing,
-        window=(center, width),
-    )
-    return image, meta
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
+    if not any(k in ds for k in PIXEL_KEYWORDS):
+        raise NoPixelData(f"{path}: no pixel data ({ds.get('Modality', '?')} {ds.get('SOPClassUID', '')!s})")
+    return ds
+
+
+def read_frames(path: str | Path, window=None, voi_index: int = 0, frames=None) -> list[tuple[np.ndarray, SliceMeta]]:
+    """Decode every frame (or the given FRAMES) of a DICOM file to ([H, W] or [H, W, 3] float32, SliceMeta)."""
+    path = Path(path)
+    ds = read_dataset(path)
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:  # missing codec, truncated or corrupt data
+        raise ValueError(f"{path}: cannot decode pixel data ({type(exc).__name__}: {exc})") from exc
+    count = int(ds.get("NumberOfFrames", 1) or 1)
+    samples = int(ds.get("SamplesPerPixel", 1))
+    if count == 1:
+        pixels = pixels[None]
+    out = []
+    for index in range(count) if frames is None else frames:
+        arr = pixels[index]
+        if samples == 1 and ds.get("PhotometricInterpretation") != "PALETTE COLOR":
+            image, used = _voi(ds, _modality(ds, arr, index), index, window, voi_index)
+            if ds.get("PhotometricInterpretation") == "MONOCHROME1":
+                image = 1.0 - image
+        else:
+            image, used = _colour(ds, arr), None
+        spacing, ipp, iop = _geometry(ds, index)
+        meta = SliceMeta(
+            patient_id=str(ds.get("PatientID", "")),
+            series_uid=str(ds.get("SeriesInstanceUID", "")),
+            sop_uid=str(ds.get("SOPInstanceUID", "")),
+            pixel_spacing=spacing,
+            window=used,
+            frame=index,
+            position=ipp,
+            orientation=iop,
+        )
+        out.append((np.ascontiguousarray(image, dtype=np.float32), meta))
+    return out
+
+
+def read_slice(path: str | Path, window=None, frame: int = 0, voi_index: int = 0) -> tuple[np.ndarray, SliceMeta]:
+    """Decode one frame of a DICOM file to float32 in [0, 1] and its metadata."""
+    return read_frames(path, window, voi_index, frames=[frame])[0]
+
+
+def slice_position(ds_or_meta) -> float:
+    """Position along the slice normal (InstanceNumber when the geometry is missing)."""
+    ipp = getattr(ds_or_meta, "position", None) or getattr(ds_or_meta, "ImagePositionPatient", None)
+    iop = getattr(ds_or_meta, "orientation", None) or getattr(ds_or_meta, "ImageOrientationPatient", None)
+    if ipp is not None and iop is not None:
+        iop = np.asarray(iop, dtype=float)
+        return float(np.dot(np.cross(iop[:3], iop[3:]), np.asarray(ipp, dtype=float)))
+    return float(getattr(ds_or_meta, "InstanceNumber", 0) or 0)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -20,6 +23,7 @@ class Sample:
     mask: Path
     patient: str
     kind: str  # "dicom" or "image"
+    frame: int = 0
 
 
 def hash_id(value: str, salt: str = "medseg") -> str:
@@ -27,7 +31,7 @@ def hash_id(value: str, salt: str = "medseg") -> str:
     return hashlib.sha256(f"{salt}:{value}".encode()).hexdigest()[:12]
 
 
-def _masks_by_stem(mask_dir: Path) -> dict[str, Path]:
+def masks_by_stem(mask_dir: Path) -> dict[str, Path]:
     """Map mask file stems to paths, refusing duplicate stems."""
     masks: dict[str, Path] = {}
     for path in sorted(mask_dir.rglob("*.png")):
@@ -37,29 +41,48 @@ def _masks_by_stem(mask_dir: Path) -> dict[str, Path]:
     return masks
 
 
-def index_dicom(root: str | Path) -> list[Sample]:
-    """Pair images/**/*.dcm with masks/**/<stem>.png; patient from the PatientID tag."""
+def index_dicom(root: str | Path, strict: bool = False) -> list[Sample]:
+    """Pair DICOM frames under images/ with labels under masks/; patient from the PatientID tag.
+
+    A frame's label is masks/**/<stem>.png (<stem>_fNNNN.png for frame NNNN of a multi-frame file), a
+    NIfTI volume masks/<series folder>.nii[.gz], or a DICOM SEG under masks/ that references the
+    instance. Objects without pixel data are skipped with one log line; unreadable files are logged
+    and skipped (raised with STRICT).
+    """
+    from medseg.data.labels import find_label, label_lookups
+
     root = Path(root)
-    masks = _masks_by_stem(root / "masks")
-    samples = []
+    lookups = label_lookups(root / "masks")
+    samples, skipped = [], 0
     for path in sorted((root / "images").rglob("*.dcm")):
-        if path.stem not in masks:
-            continue
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"])
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception as exc:
-            raise ValueError(f"{path}: not a readable DICOM file ({exc})") from exc
+            if strict:
+                raise ValueError(f"{path}: not a readable DICOM file ({exc})") from exc
+            log.error("%s: not a readable DICOM file (%s)", path, exc)
+            skipped += 1
+            continue
+        if "Rows" not in ds:
+            log.info("%s: skipped, no pixel data (%s)", path, ds.get("Modality", "unknown modality"))
+            continue
         patient = str(ds.get("PatientID", "")) or path.parent.name
-        samples.append(Sample(path, masks[path.stem], patient, "dicom"))
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        for frame in range(frames):
+            mask = find_label(lookups, path, frame, frames, str(ds.get("SOPInstanceUID", "")))
+            if mask is not None:
+                samples.append(Sample(path, mask, patient, "dicom", frame))
+    if skipped:
+        log.warning("%s: %d unreadable DICOM files skipped", root, skipped)
     if not samples:
-        raise FileNotFoundError(f"{root}: no images/**/*.dcm with a matching masks/**/<stem>.png")
+        raise FileNotFoundError(f"{root}: no DICOM frames under images/ with a label under masks/")
     return samples
 
 
 def index_folder(root: str | Path, patient_regex: str = r"^(.*)$") -> list[Sample]:
     """Pair images/NAME.{png,jpg,...} with masks/NAME.png; patient from the regex's first group."""
     root = Path(root)
-    masks = _masks_by_stem(root / "masks")
+    masks = masks_by_stem(root / "masks")
     pattern = re.compile(patient_regex)
     samples = []
     for path in sorted((root / "images").iterdir()):

@@ -1,0 +1,226 @@
+"""DICOM -> Pascal VOC converter.
+
+    medseg-convert SRC DST [--window abdomen] [--workers 2] [--jpeg] [--strict]
+
+SRC is any folder of DICOM files; labels are taken from SRC/masks when it follows the medseg
+layout (per-slice PNG by stem, a NIfTI volume per series folder, or DICOM SEG). DST receives
+JPEGImages/ (lossless PNG unless --jpeg), SegmentationClass/ (palette PNG), ImageSets/Segmentation/
+{train,val,test}.txt split by patient, and manifest.csv. Names and logs carry only salted hashes of
+patient and series identifiers. SRC is never written to; every output is written atomically and a
+rerun skips what is up to date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from PIL import Image
+from pydicom.errors import InvalidDicomError
+from rich.progress import track
+
+from medseg.data.dataset import load_mask
+from medseg.data.dicom import NoPixelData, read_frames
+from medseg.data.index import Sample, hash_id
+from medseg.data.labels import find_label, label_lookups
+from medseg.data.split import split_patients
+from medseg.io import atomic_path
+from medseg.visualize import PALETTE
+
+log = logging.getLogger(__name__)
+FIELDS = ["stem", "source", "frame", "patient", "series", "window", "source_size", "source_mtime_ns", "label"]
+
+
+@dataclass
+class Report:
+    """What a conversion did."""
+
+    rows: list[dict] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (source, reason): not images
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (source, reason): broken images
+
+    def summary(self) -> str:
+        """A few lines for the console."""
+        reasons = Counter(reason.split(" (")[0] for _, reason in self.failed)
+        lines = [
+            f"{len(self.rows)} frames written, {len(self.skipped)} files without images skipped, "
+            f"{len(self.failed)} files refused"
+        ]
+        lines += [f"  {n} x {reason}" for reason, n in reasons.most_common()]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One source file and everything needed to convert it in a worker process."""
+
+    path: Path
+    src: Path
+    dst: Path
+    labels: dict
+    window: object
+    jpeg: bool
+    salt: str
+    previous: dict
+
+
+def _save_png(image: Image.Image, path: Path, fmt: str) -> None:
+    with atomic_path(path) as tmp:
+        image.save(tmp, format=fmt)
+
+
+def convert_file(job: Job) -> tuple[list[dict], tuple[str, str] | None, tuple[str, str] | None]:
+    """Convert one file: (manifest rows, skipped reason, failure reason)."""
+    rel = str(job.path.relative_to(job.src))
+    stat = job.path.stat()
+    if job.previous.get(rel) and all(
+        int(r["source_size"]) == stat.st_size
+        and int(r["source_mtime_ns"]) == stat.st_mtime_ns
+        and (job.dst / "JPEGImages" / f"{r['stem']}{'.jpg' if job.jpeg else '.png'}").is_file()
+        for r in job.previous[rel]
+    ):
+        return job.previous[rel], None, None
+    try:
+        frames = read_frames(job.path, job.window)
+    except NoPixelData as exc:
+        return [], (rel, str(exc).split(": ", 1)[-1]), None
+    except Exception as exc:
+        if isinstance(exc.__cause__, InvalidDicomError) and job.path.suffix.lower() != ".dcm":
+            return [], (rel, "not a DICOM file"), None  # README, DICOMDIR companions, markers...
+        return [], None, (rel, str(exc).split(": ", 1)[-1])
+    header = pydicom.dcmread(job.path, stop_before_pixels=True)
+    patient, series = (
+        hash_id(str(header.get("PatientID", "")), job.salt),
+        hash_id(str(header.get("SeriesInstanceUID", rel)), job.salt),
+    )
+    sop = str(header.get("SOPInstanceUID", rel))
+    rows = []
+    for image, meta in frames:
+        stem = f"{patient}_{series[:8]}_{hash_id(rel + sop, job.salt)[:10]}_{meta.frame:04d}"
+        pixels = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
+        suffix, fmt = (".jpg", "JPEG") if job.jpeg else (".png", "PNG")
+        _save_png(Image.fromarray(pixels), job.dst / "JPEGImages" / f"{stem}{suffix}", fmt)
+        label = find_label(job.labels, job.path, meta.frame, len(frames), sop)
+        if label is not None:
+            sample = Sample(job.path, label, "", "dicom", meta.frame)
+            mask = load_mask(sample, 256, meta=meta, shape=image.shape[:2])
+            png = Image.fromarray(mask, mode="P")
+            palette = (PALETTE.numpy() * 255).astype(np.uint8).flatten().tolist()
+            png.putpalette(palette + [224, 224, 192] * ((768 - len(palette)) // 3))
+            _save_png(png, job.dst / "SegmentationClass" / f"{stem}.png", "PNG")
+        window = meta.window if isinstance(meta.window, str | type(None)) else f"{meta.window[0]:g}/{meta.window[1]:g}"
+        rows.append(
+            dict(
+                stem=stem,
+                source=rel,
+                frame=meta.frame,
+                patient=patient,
+                series=series,
+                window=window,
+                source_size=stat.st_size,
+                source_mtime_ns=stat.st_mtime_ns,
+                label=label is not None,
+            )
+        )
+    return rows, None, None
+
+
+def _read_manifest(path: Path) -> dict[str, list[dict]]:
+    previous: dict[str, list[dict]] = {}
+    if path.is_file():
+        with open(path, newline="") as handle:
+            for row in csv.DictReader(handle):
+                row["frame"] = int(row["frame"])
+                row["label"] = row["label"] == "True"
+                previous.setdefault(row["source"], []).append(row)
+    return previous
+
+
+def convert(
+    src: str | Path,
+    dst: str | Path,
+    window=None,
+    workers: int = 1,
+    jpeg: bool = False,
+    strict: bool = False,
+    split: Sequence[float] = (0.7, 0.15, 0.15),
+    seed: int = 42,
+    salt: str = "medseg",
+) -> Report:
+    """Convert every DICOM file under SRC (except SRC/masks) into a VOC tree at DST."""
+    src, dst = Path(src).resolve(), Path(dst).resolve()
+    if dst == src or src in dst.parents:
+        raise ValueError(f"{dst}: the output must not be inside the source folder {src}")
+    labels = label_lookups(src / "masks")
+    previous = _read_manifest(dst / "manifest.csv")
+    files = [p for p in sorted(src.rglob("*")) if p.is_file() and (src / "masks") not in p.parents]
+    jobs = [Job(p, src, dst, labels, window, jpeg, salt, previous) for p in files]
+    report = Report()
+    executor = ProcessPoolExecutor(workers) if workers > 1 else None
+    results = executor.map(convert_file, jobs, chunksize=8) if executor else map(convert_file, jobs)
+    try:
+        for rows, skipped, failed in track(results, total=len(jobs), description="converting"):
+            report.rows += rows
+            if skipped:
+                report.skipped.append(skipped)
+                log.info("skipped %s: %s", *skipped)
+            if failed:
+                report.failed.append(failed)
+                log.error("refused %s: %s", *failed)
+                if strict:
+                    raise ValueError(f"{failed[0]}: {failed[1]}")
+    finally:
+        if executor:
+            executor.shutdown(cancel_futures=True)
+    _write_outputs(report.rows, dst, split, seed)
+    return report
+
+
+def _write_outputs(rows: list[dict], dst: Path, split: Sequence[float], seed: int) -> None:
+    """manifest.csv and the patient-split image sets, atomically."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=FIELDS)
+    writer.writeheader()
+    writer.writerows(sorted(rows, key=lambda r: r["stem"]))
+    with atomic_path(dst / "manifest.csv") as tmp:
+        tmp.write_text(buffer.getvalue())
+    labelled = [r for r in rows if r["label"]]
+    if len({r["patient"] for r in labelled}) >= 3:
+        parts = split_patients([r["patient"] for r in labelled], split, seed)
+        for name, patients in parts.items():
+            stems = sorted(r["stem"] for r in labelled if r["patient"] in set(patients))
+            with atomic_path(dst / "ImageSets" / "Segmentation" / f"{name}.txt") as tmp:
+                tmp.write_text("".join(f"{s}\n" for s in stems))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(prog="medseg-convert", description="Convert DICOM to the Pascal VOC layout.")
+    parser.add_argument("src", type=Path)
+    parser.add_argument("dst", type=Path)
+    parser.add_argument("--window", default=None, help="preset (lung, abdomen, ...) or CENTER,WIDTH")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--jpeg", action="store_true", help="write JPEG instead of lossless PNG")
+    parser.add_argument("--strict", action="store_true", help="stop at the first undecodable file")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--salt", default="medseg", help="salt for hashed patient/series identifiers")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    window = args.window
+    if window and "," in window:
+        window = [float(v) for v in window.split(",")]
+    report = convert(args.src, args.dst, window, args.workers, args.jpeg, args.strict, seed=args.seed, salt=args.salt)
+    print(report.summary())
+
+
+if __name__ == "__main__":
+    main()

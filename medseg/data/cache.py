@@ -1,0 +1,63 @@
+"""Decoded-slice cache keyed by file content and preprocessing parameters, in memory and optionally on disk."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from medseg.data.index import Sample
+from medseg.io import atomic_path
+
+
+class DecodeCache:
+    """Maps a sample (image bytes, label bytes, frame) plus preprocessing parameters to (image, mask)."""
+
+    def __init__(self, params: dict, directory: str | os.PathLike | None = None) -> None:
+        self.params = json.dumps(params, sort_keys=True, default=str)
+        self.directory = Path(os.path.expanduser(str(directory))) if directory else None
+        self._memory: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._digests: dict[tuple, str] = {}
+
+    def _digest(self, path: Path) -> str:
+        """SHA-1 of a file's bytes, remembered while its size and mtime stay the same."""
+        stat = path.stat()
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        if key not in self._digests:
+            self._digests[key] = hashlib.sha1(path.read_bytes()).hexdigest()
+        return self._digests[key]
+
+    def key(self, sample: Sample) -> str:
+        """Cache key: content of image and labels, frame, and preprocessing parameters."""
+        parts = [self._digest(sample.image), self._digest(sample.mask), str(sample.frame), self.params]
+        return hashlib.sha1("|".join(parts).encode()).hexdigest()
+
+    def get(self, sample: Sample) -> tuple[np.ndarray, np.ndarray] | None:
+        """Cached (image float16, mask uint8), or None."""
+        key = self.key(sample)
+        if key in self._memory:
+            return self._memory[key]
+        if self.directory is not None:
+            path = self.directory / key[:2] / f"{key}.npz"
+            if path.is_file():
+                with np.load(path) as data:
+                    self._memory[key] = (data["image"], data["mask"])
+                return self._memory[key]
+        return None
+
+    def put(self, sample: Sample, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Store a decoded pair (image kept as float16) and return it."""
+        key = self.key(sample)
+        entry = (image.astype(np.float16), mask.astype(np.uint8))
+        self._memory[key] = entry
+        if self.directory is not None:
+            with atomic_path(self.directory / key[:2] / f"{key}.npz") as tmp:
+                with open(tmp, "wb") as handle:
+                    np.savez(handle, image=entry[0], mask=entry[1])
+        return entry
+
+    def __len__(self) -> int:
+        return len(self._memory)

@@ -1,0 +1,101 @@
+"""Label sources for DICOM images: per-slice PNG, a NIfTI volume per series, or a DICOM SEG."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from PIL import Image
+
+from medseg.data.dicom import SliceMeta
+
+
+def read_png(path: Path) -> np.ndarray:
+    """Raw label values of a PNG (palette indices for palette images)."""
+    with Image.open(path) as im:
+        return np.asarray(im if im.mode in ("L", "P", "I", "I;16") else im.convert("L"))
+
+
+@lru_cache(maxsize=8)
+def _nifti(path: str):
+    import nibabel as nib
+
+    image = nib.load(path)
+    return np.asarray(image.dataobj), image.affine
+
+
+def nifti_slice(path: Path, meta: SliceMeta, shape: tuple[int, int]) -> np.ndarray:
+    """Labels of one DICOM frame sampled from a NIfTI volume by geometry (flips and permutations included).
+
+    Each pixel's patient position (LPS, from ImagePositionPatient, ImageOrientationPatient and
+    PixelSpacing) is mapped through the inverse NIfTI affine (RAS) to the nearest voxel; pixels
+    outside the volume get 255 (ignored).
+    """
+    if meta.position is None or meta.orientation is None or meta.pixel_spacing is None:
+        raise ValueError(f"{path}: the DICOM frame has no geometry to align a NIfTI volume with")
+    volume, affine = _nifti(str(path))
+    rows, cols = shape
+    iop = np.asarray(meta.orientation, dtype=float)
+    row_spacing, col_spacing = meta.pixel_spacing
+    jj, ii = np.mgrid[0:rows, 0:cols]
+    lps = (
+        np.asarray(meta.position, dtype=float)[:, None]
+        + np.outer(iop[:3], ii.ravel() * col_spacing)
+        + np.outer(iop[3:], jj.ravel() * row_spacing)
+    )
+    ras = np.vstack([-lps[0], -lps[1], lps[2], np.ones(lps.shape[1])])
+    voxel = np.rint(np.linalg.inv(affine) @ ras)[:3].astype(np.int64)
+    inside = np.all((voxel >= 0) & (voxel < np.asarray(volume.shape[:3])[:, None]), axis=0)
+    out = np.full(rows * cols, 255, dtype=np.int64)
+    v = voxel[:, inside]
+    out[inside] = volume[v[0], v[1], v[2]]
+    return out.reshape(rows, cols)
+
+
+@lru_cache(maxsize=8)
+def _seg(path: str):
+    import highdicom as hd
+
+    return hd.seg.segread(path)
+
+
+def seg_slice(path: Path, meta: SliceMeta) -> np.ndarray:
+    """Label map (segment numbers) of one source instance from a DICOM SEG."""
+    seg = _seg(str(path))
+    pixels = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=[meta.sop_uid], combine_segments=True, skip_overlap_checks=True
+    )
+    return np.asarray(pixels[0], dtype=np.int64)
+
+
+def seg_references(path: Path) -> set[str]:
+    """SOPInstanceUIDs a DICOM SEG file refers to (empty for other objects)."""
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    if ds.get("Modality") != "SEG":
+        return set()
+    return {
+        str(ref.ReferencedSOPInstanceUID)
+        for series in ds.get("ReferencedSeriesSequence", [])
+        for ref in series.get("ReferencedInstanceSequence", [])
+    }
+
+
+def label_lookups(mask_dir: Path) -> dict[str, dict]:
+    """Index a masks folder: PNG by stem, NIfTI by series folder name, DICOM SEG by referenced instance."""
+    from medseg.data.index import masks_by_stem
+
+    if not mask_dir.is_dir():
+        return {"png": {}, "nifti": {}, "seg": {}}
+    return {
+        "png": masks_by_stem(mask_dir),
+        "nifti": {p.name.split(".nii")[0]: p for p in sorted(mask_dir.rglob("*.nii*"))},
+        "seg": {uid: p for p in sorted(mask_dir.rglob("*.dcm")) for uid in seg_references(p)},
+    }
+
+
+def find_label(lookups: dict[str, dict], image: Path, frame: int, frames: int, sop_uid: str) -> Path | None:
+    """The label file of one frame: <stem>.png (<stem>_fNNNN.png in multi-frame files), then NIfTI, then SEG."""
+    stem = image.stem if frames == 1 else f"{image.stem}_f{frame:04d}"
+    return lookups["png"].get(stem) or lookups["nifti"].get(image.parent.name) or lookups["seg"].get(sop_uid)
