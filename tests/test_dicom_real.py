@@ -228,3 +228,30 @@ def test_converter_hides_patient_identity_and_leaves_source_untouched(demo_root,
     } == stamp  # up to date: skipped
     with pytest.raises(ValueError, match="must not be inside"):
         convert(demo_root, demo_root / "out")
+
+
+def test_dicom_seg_labels_are_read_per_instance(demo_root, tmp_path):
+    import shutil
+
+    from medseg.data.datamodule import SegmentationDataModule
+    from medseg.predict import write_seg
+
+    root = tmp_path / "study"
+    shutil.copytree(demo_root / "images" / "case02", root / "images" / "case02")
+    sources = sorted((root / "images" / "case02").glob("*.dcm"))
+    masks = [np.asarray(Image.open(demo_root / "masks" / f"{p.stem}.png")) for p in sources]
+    (root / "masks").mkdir()
+    write_seg(sources, masks, ["background", "organ", "lesion"], root / "masks")
+    for name in ("case00", "case01"):  # two more patients with PNG labels, for a 3-way split
+        shutil.copytree(demo_root / "images" / name, root / "images" / name)
+        for png in (demo_root / "masks").glob(f"{name}_*.png"):
+            shutil.copy(png, root / "masks" / png.name)
+    dm = SegmentationDataModule(root=str(root), image_size=256, split=(0.34, 0.33, 0.33))
+    dm.setup("fit")
+    from_seg = [s for items in dm.splits.values() for s in items if s.mask.suffix == ".dcm"]
+    assert len(from_seg) == len(sources)
+    split = next(name for name, items in dm.splits.items() if from_seg[0] in items)
+    dataset = dm.dataset(split)
+    for sample in from_seg:
+        _, mask = dataset.load(dataset.samples.index(sample))
+        np.testing.assert_array_equal(mask, masks[sources.index(sample.image)])

@@ -1,0 +1,138 @@
+"""Training throughput: medseg PSPNet vs segmentation_models_pytorch PSPNet, model-only and end to end.
+
+    pip install segmentation-models-pytorch   # benchmark-only
+    python benchmarks/train_throughput.py [--sizes 256 512] [--backbones ...] [--steps 5] [--output-stride 32]
+
+For each backbone and size, batch 8, 2 threads: model-only img/s (forward + backward + AdamW step
+on tensors in memory) for medseg and for smp's PSPNet on the same timm encoder at the same output
+stride (smp's PSPNet has no dilation, so both use the full encoder at stride 32 by default), and
+end-to-end img/s (the real data module on the demo DICOM dataset, decode cache warm, augmentation
+mid, the configured workers). Then the peak RSS of a 512x512, batch 8 mobilenetv3 training run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+from medseg.data.datamodule import SegmentationDataModule
+from medseg.losses import HybridLoss
+from medseg.models import PSPNet
+from medseg.models.encoder import BACKBONES
+
+BATCH = 8
+
+
+def step_fn(net: torch.nn.Module):
+    """One optimisation step closure over NET."""
+    loss_fn = HybridLoss()
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    net.train()
+
+    def step(images: torch.Tensor, masks: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(net(images), masks).backward()
+        optimizer.step()
+
+    return step
+
+
+def images_per_s(step, batches, steps: int) -> float:
+    """Training images per second over STEPS steps after one warm-up step."""
+    iterator = iter(batches)
+    step(*next(iterator))
+    start, seen = time.perf_counter(), 0
+    for _ in range(steps):
+        images, masks = next(iterator)
+        step(images, masks)
+        seen += len(images)
+    return seen / (time.perf_counter() - start)
+
+
+def repeat(batch):
+    """An endless iterator over one in-memory batch."""
+    while True:
+        yield batch
+
+
+def loader_batches(dm: SegmentationDataModule):
+    """An endless iterator over training batches from the data module."""
+    while True:
+        for batch in dm.train_dataloader():
+            yield batch["image"], batch["mask"]
+
+
+def smp_pspnet(name: str, classes: int):
+    """smp's PSPNet on the same timm encoder ('tu-' prefix), full depth (stride 32)."""
+    import segmentation_models_pytorch as smp
+
+    return smp.PSPNet(
+        encoder_name=f"tu-{BACKBONES[name]}",
+        encoder_weights=None,
+        encoder_depth=5,
+        in_channels=1,
+        classes=classes,
+        psp_out_channels=128,
+        upsampling=32,
+    )
+
+
+def peak_rss_mb(size: int, steps: int) -> float:
+    """Peak RSS (MB) of a separate process training mobilenetv3 at SIZE, batch 8, output stride 8."""
+    code = (
+        "import resource, torch, sys; sys.path.insert(0, 'benchmarks');"
+        "from train_throughput import step_fn, BATCH; from medseg.models import PSPNet;"
+        f"torch.set_num_threads(2); net = PSPNet('mobilenetv3', 1, 3, output_stride=8, decoder_channels=128);"
+        f"step = step_fn(net); x = torch.rand(BATCH, 1, {size}, {size}); y = torch.randint(0, 3, (BATCH, {size}, {size}));"
+        f"[step(x, y) for _ in range({steps})];"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    """Measure and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
+    parser.add_argument("--backbones", nargs="+", default=list(BACKBONES))
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--output-stride", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    rows = []
+    for size in args.sizes:
+        dm = SegmentationDataModule(image_size=size, batch_size=BATCH, aug_strength="mid", num_workers=args.workers)
+        dm.setup("fit")
+        batch = next(loader_batches(dm))
+        for name in args.backbones:
+            torch.manual_seed(0)
+            ours = PSPNet(name, 1, dm.num_classes, output_stride=args.output_stride, decoder_channels=128)
+            model_only = images_per_s(step_fn(ours), repeat(batch), args.steps)
+            end_to_end = images_per_s(step_fn(ours), loader_batches(dm), args.steps)
+            reference = images_per_s(step_fn(smp_pspnet(name, dm.num_classes)), repeat(batch), args.steps)
+            rows.append((name, size, model_only, reference, end_to_end))
+            print(
+                f"{name} {size}: ours {model_only:.1f} img/s, smp {reference:.1f}, end-to-end {end_to_end:.1f}",
+                file=sys.stderr,
+            )
+    print(
+        f"\nbatch {BATCH}, 2 threads, output stride {args.output_stride}, {args.steps} timed steps, "
+        f"data workers {args.workers}\n"
+    )
+    print("| backbone | size | medseg img/s | smp img/s | medseg/smp | end-to-end img/s | end-to-end/model-only |")
+    print("|---|---|---|---|---|---|---|")
+    for name, size, ours, ref, e2e in rows:
+        print(f"| {name} | {size} | {ours:.2f} | {ref:.2f} | {ours / ref:.2f} | {e2e:.2f} | {e2e / ours:.2f} |")
+    print(f"\npeak RSS, mobilenetv3 512x512 batch 8 output stride 8 training: {peak_rss_mb(512, 3):.0f} MB")
+    print(f"(this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)")
+
+
+if __name__ == "__main__":
+    main()
