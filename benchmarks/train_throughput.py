@@ -82,18 +82,34 @@ def smp_pspnet(name: str, classes: int):
     )
 
 
-def peak_rss_mb(size: int, steps: int) -> float:
+def peak_rss_mb(size: int, steps: int, checkpointing: bool) -> float:
     """Peak RSS (MB) of a separate process training mobilenetv3 at SIZE, batch 8, output stride 8."""
     code = (
-        "import resource, torch, sys; sys.path.insert(0, 'benchmarks');"
+        "import torch, sys; sys.path.insert(0, 'benchmarks');"
         "from train_throughput import step_fn, BATCH; from medseg.models import PSPNet;"
-        f"torch.set_num_threads(2); net = PSPNet('mobilenetv3', 1, 3, output_stride=8, decoder_channels=128);"
-        f"step = step_fn(net); x = torch.rand(BATCH, 1, {size}, {size}); y = torch.randint(0, 3, (BATCH, {size}, {size}));"
+        f"torch.set_num_threads(2); net = PSPNet('mobilenetv3', 1, 3, output_stride=8, decoder_channels=128,"
+        f" grad_checkpointing={checkpointing});"
+        f"step = step_fn(net); x = torch.rand(BATCH, 1, {size}, {size});"
+        f"y = torch.randint(0, 3, (BATCH, {size}, {size}));"
         f"[step(x, y) for _ in range({steps})];"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+        # VmHWM starts afresh at exec; ru_maxrss would include the parent's size at fork.
+        "print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')) / 1024)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
+
+
+def epoch_seconds(size: int) -> tuple[float, float]:
+    """Data-only epoch time on the demo DICOM data: first epoch (decoding) and second (cached)."""
+    dm = SegmentationDataModule(image_size=size, batch_size=BATCH, aug_strength="mid", preload=False)
+    dm.setup("fit")
+    times = []
+    for _ in range(2):
+        start = time.perf_counter()
+        for _ in dm.train_dataloader():
+            pass
+        times.append(time.perf_counter() - start)
+    return times[0], times[1]
 
 
 def main() -> None:
@@ -130,7 +146,17 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for name, size, ours, ref, e2e in rows:
         print(f"| {name} | {size} | {ours:.2f} | {ref:.2f} | {ours / ref:.2f} | {e2e:.2f} | {e2e / ours:.2f} |")
-    print(f"\npeak RSS, mobilenetv3 512x512 batch 8 output stride 8 training: {peak_rss_mb(512, 3):.0f} MB")
+    for size in args.sizes:
+        first, cached = epoch_seconds(size)
+        print(
+            f"\ndata epoch at {size}: first (decoding DICOM) {first:.2f} s, cached {cached:.2f} s, "
+            f"ratio {cached / first:.2f}"
+        )
+    for checkpointing in (False, True):
+        rss = peak_rss_mb(512, 2, checkpointing)
+        print(
+            f"peak RSS, mobilenetv3 512x512 batch 8 output stride 8, grad_checkpointing={checkpointing}: {rss:.0f} MB"
+        )
     print(f"(this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)")
 
 

@@ -61,3 +61,18 @@ def test_hub_download_offline_gives_clear_error(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(RuntimeError, match="weights_path"):
         Encoder("resnet18", pretrained=True)
+
+
+def test_grad_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    plain = PSPNet("resnet18", in_channels=1, num_classes=2, decoder_channels=16, dropout=0.0)
+    checkpointed = PSPNet(
+        "resnet18", in_channels=1, num_classes=2, decoder_channels=16, dropout=0.0, grad_checkpointing=True
+    )
+    checkpointed.load_state_dict(plain.state_dict())
+    x = torch.rand(2, 1, 64, 64)
+    for net in (plain, checkpointed):
+        net.train()
+        net(x).square().mean().backward()
+    for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
