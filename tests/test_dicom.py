@@ -11,18 +11,24 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from medseg.data.dicom import WINDOW_PRESETS, apply_window, read_slice
 
 
-def write_ct(
-    path, stored: np.ndarray, slope=1.0, intercept=-1024.0, center=40, width=400, photometric="MONOCHROME2", signed=True
-):
-    """Write a minimal CT slice with the given stored values and tags."""
+def new_dataset(sop_class: str, patient_id: str, modality: str) -> pydicom.Dataset:
+    """An empty instance of SOP_CLASS with file meta (explicit VR little endian) and patient/modality set."""
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = pydicom.Dataset()
     ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.PatientID, ds.Modality = "TEST-1", "CT"
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    ds.PatientID, ds.Modality = patient_id, modality
+    return ds
+
+
+def write_ct(
+    path, stored: np.ndarray, slope=1.0, intercept=-1024.0, center=40, width=400, photometric="MONOCHROME2", signed=True
+):
+    """Write a minimal CT slice with the given stored values and tags."""
+    ds = new_dataset(CTImageStorage, "TEST-1", "CT")
     ds.Rows, ds.Columns = stored.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15

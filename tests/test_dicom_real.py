@@ -12,20 +12,18 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom.data import get_testdata_files
-from pydicom.dataset import FileMetaDataset
 from pydicom.uid import (
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     RLELossless,
     SecondaryCaptureImageStorage,
-    generate_uid,
 )
 
 from medseg.convert import convert
 from medseg.data.dicom import NoPixelData, read_frames
 from medseg.data.labels import nifti_slice
 
-from .test_dicom import write_ct
+from .test_dicom import new_dataset, write_ct
 
 
 def pydicom_verdict(path: str) -> str:
@@ -73,14 +71,8 @@ def test_converter_over_every_real_test_file(tmp_path):
 
 
 def _secondary_capture(path: Path, pixels: np.ndarray, photometric: str, syntax=ExplicitVRLittleEndian, **tags):
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.PatientID, ds.Modality = "SC-1", "OT"
+    """Write a secondary-capture image (multi-frame when PIXELS has a frame axis), compressed to SYNTAX."""
+    ds = new_dataset(SecondaryCaptureImageStorage, "SC-1", "OT")
     frames = pixels.shape[0] if pixels.ndim == (4 if photometric == "RGB" else 3) else 1
     if frames > 1:
         ds.NumberOfFrames = frames
@@ -90,7 +82,6 @@ def _secondary_capture(path: Path, pixels: np.ndarray, photometric: str, syntax=
         ds.PlanarConfiguration = 0
     ds.PhotometricInterpretation = photometric
     ds.BitsAllocated = pixels.dtype.itemsize * 8
-    ds.BitsStored = ds.HighBit = None
     ds.BitsStored, ds.HighBit = ds.BitsAllocated, ds.BitsAllocated - 1
     ds.PixelRepresentation = 0
     for key, value in tags.items():
