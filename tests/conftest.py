@@ -44,6 +44,27 @@ def make_cfg(cache_dir, tmp_path):
     GlobalHydra.instance().clear()
 
 
+@pytest.fixture(scope="session")
+def demo_checkpoint(cache_dir, tmp_path_factory) -> Path:
+    """A mobilenetv3 PSPNet trained briefly on the demo data (64 px)."""
+    out = tmp_path_factory.mktemp("trained")
+    cfg = compose_config(
+        [
+            "stage.stages.0.epochs=8",
+            "data.image_size=64",
+            "test=false",
+            "model.log_images=false",
+            "callbacks.progress_bar=null",
+            f"paths.cache_dir={cache_dir}",
+        ],
+        out,
+    )
+    from medseg.training import train
+
+    train(cfg)
+    return out / "checkpoints" / "best.ckpt"
+
+
 def requires_cxr_lung():
     """Skip marker for tests that need ../shared/data/cxr_lung."""
     return pytest.mark.skipif(not (CXR_LUNG / "images").is_dir(), reason=f"{CXR_LUNG} not present")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import highdicom as hd
 import numpy as np
 import onnx
@@ -18,28 +16,6 @@ from medseg.models import PSPNet
 from medseg.models.encoder import BACKBONES
 from medseg.predict import predict
 from medseg.quantize import quantize_checkpoint_model
-from medseg.training import train
-
-
-@pytest.fixture(scope="session")
-def demo_checkpoint(cache_dir, tmp_path_factory) -> Path:
-    """A mobilenetv3 PSPNet trained briefly on the demo data (64 px)."""
-    from medseg.config import compose_config
-
-    out = tmp_path_factory.mktemp("trained")
-    cfg = compose_config(
-        [
-            "stage.stages.0.epochs=8",
-            "data.image_size=64",
-            "test=false",
-            "model.log_images=false",
-            "callbacks.progress_bar=null",
-            f"paths.cache_dir={cache_dir}",
-        ],
-        out,
-    )
-    train(cfg)
-    return out / "checkpoints" / "best.ckpt"
 
 
 @pytest.mark.parametrize("backbone", list(BACKBONES))

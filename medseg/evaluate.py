@@ -1,0 +1,149 @@
+"""Evaluate a checkpoint or ONNX model on a folder of images + masks (or a DICOM dataset).
+
+    medseg-eval MODEL DATA_DIR --out DIR [--mask-threshold 128] [--worst 5]
+
+Per case and class: Dice and IoU (torchmetrics) and HD95 (MONAI), in millimetres where the DICOM
+pixel spacing is known, pixels otherwise. Empty-mask convention (as nnU-Net and MONAI): empty
+reference and empty prediction -> NaN, left out of means; one of them empty -> Dice 0, IoU 0, HD95
+NaN (undefined). Writes cases.csv, summary.csv and overlays of the worst cases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchmetrics.functional.segmentation import dice_score, mean_iou
+
+from medseg.data.dataset import load_image_meta, load_mask
+from medseg.data.index import hash_id, index_dicom, index_folder
+from medseg.inference import Predictor
+from medseg.io import atomic_path
+from medseg.visualize import overlay_grid
+
+
+def case_scores(pred: np.ndarray, target: np.ndarray, num_classes: int, spacing=None) -> dict[str, np.ndarray]:
+    """Per-foreground-class Dice, IoU and HD95 of one 2-D case, with the empty-mask convention applied."""
+    from monai.metrics import compute_hausdorff_distance
+
+    p, t = torch.from_numpy(pred.astype(np.int64))[None], torch.from_numpy(target.astype(np.int64))[None]
+    dice = dice_score(p, t, num_classes, include_background=False, average="none", input_format="index")[0]
+    iou = mean_iou(p, t, num_classes, include_background=False, per_class=True, input_format="index")[0]
+    onehot = [F.one_hot(x, num_classes).permute(0, 3, 1, 2).float() for x in (p, t)]
+    ref_empty = onehot[1][0, 1:].sum((1, 2)) == 0
+    pred_empty = onehot[0][0, 1:].sum((1, 2)) == 0
+    hd95 = torch.full((num_classes - 1,), float("nan"))
+    both = ~ref_empty & ~pred_empty
+    if both.any():
+        hd95[both] = compute_hausdorff_distance(
+            onehot[0], onehot[1], include_background=False, percentile=95, spacing=spacing
+        )[0].float()[both]
+    dice, iou = dice.float().clone(), iou.float().clone()
+    neither = ref_empty & pred_empty
+    dice[neither], iou[neither] = float("nan"), float("nan")
+    one = ref_empty ^ pred_empty
+    dice[one], iou[one] = 0.0, 0.0
+    return {"dice": dice.numpy(), "iou": iou.numpy(), "hd95": hd95.numpy()}
+
+
+def evaluate(
+    model: str | Path,
+    data_dir: str | Path,
+    out: str | Path,
+    mask_threshold: int | None = None,
+    mask_mapping: dict | None = None,
+    worst: int = 5,
+    patient_regex: str = r"^(.*)$",
+) -> list[dict]:
+    """Evaluate MODEL on every labelled image under DATA_DIR; returns the per-case rows."""
+    predictor = Predictor(model)
+    info, out, data_dir = predictor.info, Path(out), Path(data_dir)
+    classes = info.class_names
+    dicom = any((data_dir / "images").rglob("*.dcm"))
+    samples = index_dicom(data_dir) if dicom else index_folder(data_dir, patient_regex)
+    rows, cases = [], []
+    for sample in samples:
+        image, meta = load_image_meta(sample, info.in_channels, info.window)
+        target = load_mask(sample, len(classes), mask_mapping, mask_threshold, meta=meta, shape=image.shape[:2])
+        pred = predictor.segment(image)
+        spacing = list(meta.pixel_spacing) if meta is not None and meta.pixel_spacing else None
+        scores = case_scores(pred, target, len(classes), spacing)
+        name = f"{hash_id(meta.sop_uid)}_{sample.frame:04d}" if meta is not None else sample.image.stem
+        for k, cls in enumerate(classes[1:]):
+            rows.append(
+                dict(
+                    case=name,
+                    cls=cls,
+                    dice=scores["dice"][k],
+                    iou=scores["iou"][k],
+                    hd95=scores["hd95"][k],
+                    unit="mm" if spacing else "px",
+                )
+            )
+        cases.append(
+            (np.nanmean(scores["dice"]) if not np.isnan(scores["dice"]).all() else 1.0, name, image, target, pred)
+        )
+    _write_csv(out / "cases.csv", rows)
+    summary = []
+    for cls in classes[1:]:
+        for metric in ("dice", "iou", "hd95"):
+            values = np.array([r[metric] for r in rows if r["cls"] == cls], dtype=float)
+            summary.append(
+                dict(
+                    cls=cls,
+                    metric=metric,
+                    mean=np.nanmean(values) if np.isfinite(values).any() else np.nan,
+                    std=np.nanstd(values) if np.isfinite(values).any() else np.nan,
+                    n=int(np.isfinite(values).sum()),
+                )
+            )
+    _write_csv(out / "summary.csv", summary)
+    for score, name, image, target, pred in sorted(cases, key=lambda c: c[0])[:worst]:
+        grid = overlay_grid(
+            torch.from_numpy(image.transpose(2, 0, 1))[None],
+            torch.from_numpy(target.astype(np.int64))[None],
+            torch.from_numpy(pred.astype(np.int64))[None],
+            len(classes),
+        )
+        with atomic_path(out / "worst" / f"{score:.3f}_{name}.png") as tmp:
+            Image.fromarray((grid.numpy().transpose(1, 2, 0) * 255).round().astype(np.uint8)).save(tmp, format="PNG")
+    return rows
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["empty"])
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_path(path) as tmp:
+        tmp.write_text(buffer.getvalue())
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(prog="medseg-eval", description=__doc__.splitlines()[0])
+    parser.add_argument("model", type=Path)
+    parser.add_argument("data_dir", type=Path)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--mask-threshold", type=int, default=None, help="binarise masks at this value")
+    parser.add_argument("--mask-mapping", type=json.loads, default=None, help='JSON, e.g. {"255": 1}')
+    parser.add_argument("--patient-regex", default=r"^(.*)$")
+    parser.add_argument("--worst", type=int, default=5, help="how many worst-case overlays to write")
+    args = parser.parse_args(argv)
+    evaluate(
+        args.model, args.data_dir, args.out, args.mask_threshold, args.mask_mapping, args.worst, args.patient_regex
+    )
+    with open(args.out / "summary.csv") as handle:
+        print(handle.read())
+
+
+if __name__ == "__main__":
+    main()
