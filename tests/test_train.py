@@ -13,6 +13,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from medseg.models.encoder import BACKBONES
 from medseg.training import train
 
+from .conftest import CXR_LUNG, requires_cxr_lung
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -88,3 +90,28 @@ def test_auto_class_weights_come_from_training_masks(make_cfg):
     assert torch.allclose(model.class_weights, expected)
     assert model.class_weights[2] > model.class_weights[1] > model.class_weights[0]  # lesion rarest
     assert torch.equal(model.criterion.dice.class_weights, model.class_weights)
+
+
+@requires_cxr_lung()
+def test_cxr_lung_experiment_trains_a_few_batches(make_cfg, tmp_path):
+    cfg = make_cfg(
+        [
+            "experiment=cxr_lung",
+            f"data.root={CXR_LUNG}",
+            "data.image_size=64",
+            "stage.stages.0.epochs=1",
+            "stage.stages.1.epochs=0",
+            "stage.stages.2.epochs=0",
+            "trainer.limit_train_batches=3",
+            "trainer.limit_val_batches=2",
+            "trainer.limit_test_batches=2",
+            "model.log_images=false",
+        ],
+        tmp_path / "cxr",
+    )
+    assert cfg.data.layout == "folder" and cfg.data.in_channels == 1 and cfg.data.mask_threshold == 128
+    assert [s.lr for s in cfg.stage.stages] == [1e-4, 5e-5, 1e-5]
+    metric, metrics = train(cfg)
+    assert 0.0 <= metrics["test/dice_lung"] <= 1.0 and metric is not None
+    split = (tmp_path / "cxr" / "split.json").read_text()
+    assert "CHNCXR" in split or "MCUCXR" in split  # image paths; patients are hashed
