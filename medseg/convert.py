@@ -34,7 +34,7 @@ from medseg.data.index import Sample, hash_id
 from medseg.data.labels import find_label, label_lookups
 from medseg.data.split import split_patients
 from medseg.io import atomic_path
-from medseg.visualize import PALETTE
+from medseg.visualize import palette_png
 
 log = logging.getLogger(__name__)
 FIELDS = ["stem", "source", "frame", "patient", "series", "window", "source_size", "source_mtime_ns", "label"]
@@ -113,10 +113,7 @@ def convert_file(job: Job) -> tuple[list[dict], tuple[str, str] | None, tuple[st
         if label is not None:
             sample = Sample(job.path, label, "", "dicom", meta.frame)
             mask = load_mask(sample, 256, meta=meta, shape=image.shape[:2])
-            png = Image.fromarray(mask, mode="P")
-            palette = (PALETTE.numpy() * 255).astype(np.uint8).flatten().tolist()
-            png.putpalette(palette + [224, 224, 192] * ((768 - len(palette)) // 3))
-            _save_png(png, job.dst / "SegmentationClass" / f"{stem}.png", "PNG")
+            _save_png(palette_png(mask), job.dst / "SegmentationClass" / f"{stem}.png", "PNG")
         window = meta.window if isinstance(meta.window, str | type(None)) else f"{meta.window[0]:g}/{meta.window[1]:g}"
         rows.append(
             dict(

@@ -26,7 +26,7 @@ from medseg.data.dicom import slice_position
 from medseg.data.index import IMAGE_SUFFIXES, Sample, hash_id
 from medseg.inference import Predictor
 from medseg.io import atomic_path
-from medseg.visualize import PALETTE, overlay
+from medseg.visualize import overlay, palette_png
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +54,8 @@ def group_series(files: Sequence[Path]) -> dict[str, list[tuple[Path, pydicom.Da
 
 def save_mask_and_overlay(image: np.ndarray, mask: np.ndarray, out: Path, name: str) -> None:
     """Write NAME_mask.png (palette, class indices) and NAME_overlay.png, atomically."""
-    palette = (PALETTE.numpy() * 255).astype(np.uint8)
-    png = Image.fromarray(mask, mode="P")
-    png.putpalette(palette.flatten().tolist() + [0] * (768 - palette.size))
     with atomic_path(out / f"{name}_mask.png") as tmp:
-        png.save(tmp, format="PNG")
+        palette_png(mask).save(tmp, format="PNG")
     rgb = overlay(torch.from_numpy(image.transpose(2, 0, 1).copy()), torch.from_numpy(mask.astype(np.int64)))
     with atomic_path(out / f"{name}_overlay.png") as tmp:
         Image.fromarray((rgb.numpy().transpose(1, 2, 0) * 255).round().astype(np.uint8)).save(tmp, format="PNG")

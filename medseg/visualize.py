@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from PIL import Image
 
 # Class colours (RGB, 0..1): background unused, then red, green, blue, yellow, magenta, cyan.
 PALETTE = torch.tensor(
@@ -25,3 +27,11 @@ def overlay_grid(images: torch.Tensor, masks: torch.Tensor, preds: torch.Tensor,
         gray = image[:1].expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
         rows.append(torch.cat([gray, overlay(image, mask), overlay(image, pred)], dim=2))
     return torch.cat(rows, dim=1).clamp(0, 1)
+
+
+def palette_png(mask: np.ndarray) -> Image.Image:
+    """A palette ('P') image of class indices, coloured with PALETTE (remaining entries grey)."""
+    png = Image.fromarray(mask.astype(np.uint8), mode="P")
+    palette = (PALETTE.numpy() * 255).round().astype(np.uint8).flatten().tolist()
+    png.putpalette(palette + [128] * (768 - len(palette)))
+    return png

@@ -20,7 +20,7 @@ from pydicom.uid import (
 )
 
 from medseg.convert import convert
-from medseg.data.dicom import NoPixelData, read_frames
+from medseg.data.dicom import NoPixelData, read_frames, read_slice
 from medseg.data.labels import nifti_slice
 
 from .test_dicom import new_dataset, write_ct
@@ -100,6 +100,9 @@ def test_multiframe_gives_one_output_per_frame(tmp_path):
     assert [m.frame for _, m in frames] == [0, 1, 2, 3]
     means = [img.mean() for img, _ in frames]
     assert means == sorted(means) and len(set(means)) == 4
+    single, meta = read_slice(path, frame=2)  # decodes that frame alone
+    np.testing.assert_array_equal(single, frames[2][0])
+    assert meta.frame == 2
     src = tmp_path / "src"
     src.mkdir()
     path.rename(src / "mf.dcm")

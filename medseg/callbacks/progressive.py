@@ -130,7 +130,7 @@ class ProgressiveSchedule(Callback):
         return {"stage_index": index, "stage": asdict(self.stages[index])}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self._saved_stage = state_dict.get("stage_index")
+        """The stage is re-derived from the restored epoch (see on_load_checkpoint)."""
 
 
 _AUG_LEVEL = {"none": 0, "low": 1, "mid": 2, "high": 3}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, pixel_array
 
 log = logging.getLogger(__name__)
 
@@ -137,16 +137,18 @@ def read_frames(path: str | Path, window=None, voi_index: int = 0, frames=None) 
     """Decode every frame (or the given FRAMES) of a DICOM file to ([H, W] or [H, W, 3] float32, SliceMeta)."""
     path = Path(path)
     ds = read_dataset(path)
-    try:
-        pixels = ds.pixel_array
-    except Exception as exc:  # missing codec, truncated or corrupt data
-        raise ValueError(f"{path}: cannot decode pixel data ({type(exc).__name__}: {exc})") from exc
     count = int(ds.get("NumberOfFrames", 1) or 1)
     samples = int(ds.get("SamplesPerPixel", 1))
-    if count == 1:
-        pixels = pixels[None]
+    wanted = list(range(count)) if frames is None else list(frames)
+    try:
+        if len(wanted) < count:  # decode only the requested frames of a multi-frame file
+            pixels = {i: pixel_array(ds, index=i) for i in wanted}
+        else:
+            pixels = ds.pixel_array if count > 1 else ds.pixel_array[None]
+    except Exception as exc:  # missing codec, truncated or corrupt data
+        raise ValueError(f"{path}: cannot decode pixel data ({type(exc).__name__}: {exc})") from exc
     out = []
-    for index in range(count) if frames is None else frames:
+    for index in wanted:
         arr = pixels[index]
         if samples == 1 and ds.get("PhotometricInterpretation") != "PALETTE COLOR":
             image, used = _voi(ds, _modality(ds, arr, index), index, window, voi_index)
