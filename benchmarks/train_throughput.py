@@ -4,10 +4,12 @@
     python benchmarks/train_throughput.py [--sizes 256 512] [--backbones ...] [--steps 5] [--output-stride 32]
 
 For each backbone and size, batch 8, 2 threads: model-only img/s (forward + backward + AdamW step
-on tensors in memory) for medseg and for smp's PSPNet on the same timm encoder at the same output
-stride (smp's PSPNet has no dilation, so both use the full encoder at stride 32 by default), and
+on tensors in memory) for medseg (channels-last, as it trains) and for smp's PSPNet (as shipped, and
+channels-last) on the same timm encoder at the same output stride (smp's PSPNet has no dilation, so
+both use the full encoder at stride 32 by default), and
 end-to-end img/s (the real data module on the demo DICOM dataset, decode cache warm, augmentation
-mid, the configured workers). Then the peak RSS of a 512x512, batch 8 mobilenetv3 training run.
+mid, the configured workers). Then the data-only epoch times (decoding vs cached) and the peak RSS of
+a 512x512, batch 8 mobilenetv3 training run with and without gradient checkpointing and bf16 autocast.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
+from smp_reference import smp_pspnet
 
 from medseg.data.datamodule import SegmentationDataModule
 from medseg.losses import HybridLoss
@@ -26,17 +30,22 @@ from medseg.models import PSPNet
 from medseg.models.encoder import BACKBONES
 
 BATCH = 8
+# smp's PSPNet on the full encoder (stride 32, as medseg at --output-stride 32) with medseg's decoder width.
+SMP_SAME_STRIDE = dict(encoder_depth=5, psp_out_channels=128, upsampling=32)
 
 
-def step_fn(net: torch.nn.Module):
-    """One optimisation step closure over NET."""
+def step_fn(net: torch.nn.Module, channels_last: bool = False):
+    """One optimisation step closure over NET (NHWC weights and inputs with CHANNELS_LAST, as medseg trains)."""
     loss_fn = HybridLoss()
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
     net.train()
+    layout = torch.channels_last if channels_last else torch.contiguous_format
 
     def step(images: torch.Tensor, masks: torch.Tensor) -> None:
         optimizer.zero_grad(set_to_none=True)
-        loss_fn(net(images), masks).backward()
+        loss_fn(net(images.contiguous(memory_format=layout)), masks).backward()
         optimizer.step()
 
     return step
@@ -67,35 +76,25 @@ def loader_batches(dm: SegmentationDataModule):
             yield batch["image"], batch["mask"]
 
 
-def smp_pspnet(name: str, classes: int):
-    """smp's PSPNet on the same timm encoder ('tu-' prefix), full depth (stride 32)."""
-    import segmentation_models_pytorch as smp
-
-    return smp.PSPNet(
-        encoder_name=f"tu-{BACKBONES[name]}",
-        encoder_weights=None,
-        encoder_depth=5,
-        in_channels=1,
-        classes=classes,
-        psp_out_channels=128,
-        upsampling=32,
-    )
+def rss_child(size: int, steps: int, checkpointing: bool, bf16: bool) -> None:
+    """Train mobilenetv3 (output stride 8, NHWC) for STEPS steps and print this process's peak RSS in MB."""
+    torch.set_num_threads(2)
+    net = PSPNet("mobilenetv3", 1, 3, output_stride=8, decoder_channels=128, grad_checkpointing=checkpointing)
+    step = step_fn(net, channels_last=True)
+    images, masks = torch.rand(BATCH, 1, size, size), torch.randint(0, 3, (BATCH, size, size))
+    for _ in range(steps):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # what trainer.precision=bf16-mixed does
+            step(images, masks)
+    # VmHWM starts afresh at exec; ru_maxrss would include the parent's size at fork.
+    print(next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) / 1024)
 
 
-def peak_rss_mb(size: int, steps: int, checkpointing: bool) -> float:
+def peak_rss_mb(size: int, steps: int, checkpointing: bool, bf16: bool = False) -> float:
     """Peak RSS (MB) of a separate process training mobilenetv3 at SIZE, batch 8, output stride 8."""
-    code = (
-        "import torch, sys; sys.path.insert(0, 'benchmarks');"
-        "from train_throughput import step_fn, BATCH; from medseg.models import PSPNet;"
-        f"torch.set_num_threads(2); net = PSPNet('mobilenetv3', 1, 3, output_stride=8, decoder_channels=128,"
-        f" grad_checkpointing={checkpointing});"
-        f"step = step_fn(net); x = torch.rand(BATCH, 1, {size}, {size});"
-        f"y = torch.randint(0, 3, (BATCH, {size}, {size}));"
-        f"[step(x, y) for _ in range({steps})];"
-        # VmHWM starts afresh at exec; ru_maxrss would include the parent's size at fork.
-        "print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')) / 1024)"
+    code = f"import train_throughput as t; t.rss_child({size}, {steps}, {checkpointing}, {bf16})"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -122,40 +121,47 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    rows = []
+    rows, steps = [], args.steps
     for size in args.sizes:
         dm = SegmentationDataModule(image_size=size, batch_size=BATCH, aug_strength="mid", num_workers=args.workers)
         dm.setup("fit")
-        batch = next(loader_batches(dm))
+        batch, classes = next(loader_batches(dm)), dm.num_classes
         for name in args.backbones:
             torch.manual_seed(0)
-            ours = PSPNet(name, 1, dm.num_classes, output_stride=args.output_stride, decoder_channels=128)
-            model_only = images_per_s(step_fn(ours), repeat(batch), args.steps)
-            end_to_end = images_per_s(step_fn(ours), loader_batches(dm), args.steps)
-            reference = images_per_s(step_fn(smp_pspnet(name, dm.num_classes)), repeat(batch), args.steps)
-            rows.append((name, size, model_only, reference, end_to_end))
-            print(
-                f"{name} {size}: ours {model_only:.1f} img/s, smp {reference:.1f}, end-to-end {end_to_end:.1f}",
-                file=sys.stderr,
-            )
+            ours = PSPNet(name, 1, classes, output_stride=args.output_stride, decoder_channels=128)
+            model_only = images_per_s(step_fn(ours, True), repeat(batch), args.steps)
+            end_to_end = images_per_s(step_fn(ours, True), loader_batches(dm), args.steps)
+            smp = [
+                images_per_s(step_fn(smp_pspnet(name, 1, classes, **SMP_SAME_STRIDE), nhwc), repeat(batch), steps)
+                for nhwc in (False, True)
+            ]
+            rows.append((name, size, model_only, *smp, end_to_end))
+            print(f"{name} {size}: ours {model_only:.1f}, smp {smp}, end-to-end {end_to_end:.1f}", file=sys.stderr)
     print(
         f"\nbatch {BATCH}, 2 threads, output stride {args.output_stride}, {args.steps} timed steps, "
         f"data workers {args.workers}\n"
     )
-    print("| backbone | size | medseg img/s | smp img/s | medseg/smp | end-to-end img/s | end-to-end/model-only |")
-    print("|---|---|---|---|---|---|---|")
-    for name, size, ours, ref, e2e in rows:
-        print(f"| {name} | {size} | {ours:.2f} | {ref:.2f} | {ours / ref:.2f} | {e2e:.2f} | {e2e / ours:.2f} |")
+    print(
+        "| backbone | size | medseg img/s | smp img/s | medseg/smp | smp NHWC img/s | medseg/smp NHWC "
+        "| end-to-end img/s | end-to-end/model-only |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, size, ours, ref, ref_nhwc, e2e in rows:
+        print(
+            f"| {name} | {size} | {ours:.2f} | {ref:.2f} | {ours / ref:.2f} | {ref_nhwc:.2f} | {ours / ref_nhwc:.2f} "
+            f"| {e2e:.2f} | {e2e / ours:.2f} |"
+        )
     for size in args.sizes:
         first, cached = epoch_seconds(size)
         print(
             f"\ndata epoch at {size}: first (decoding DICOM) {first:.2f} s, cached {cached:.2f} s, "
             f"ratio {cached / first:.2f}"
         )
-    for checkpointing in (False, True):
-        rss = peak_rss_mb(512, 2, checkpointing)
+    for checkpointing, bf16 in ((False, False), (True, False), (False, True), (True, True)):
+        rss = peak_rss_mb(512, 2, checkpointing, bf16)
         print(
-            f"peak RSS, mobilenetv3 512x512 batch 8 output stride 8, grad_checkpointing={checkpointing}: {rss:.0f} MB"
+            f"peak RSS, mobilenetv3 512x512 batch 8 output stride 8, grad_checkpointing={checkpointing}, "
+            f"bf16 autocast={bf16}: {rss:.0f} MB"
         )
     print(f"(this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)")
 

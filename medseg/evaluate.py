@@ -24,7 +24,7 @@ from PIL import Image
 from torchmetrics.functional.segmentation import dice_score, mean_iou
 
 from medseg.data.dataset import load_image_meta, load_mask
-from medseg.data.index import hash_id, index_dicom, index_folder
+from medseg.data.index import Sample, hash_id, index_dicom, index_folder
 from medseg.inference import Predictor
 from medseg.io import atomic_path
 from medseg.visualize import overlay_grid
@@ -62,13 +62,17 @@ def evaluate(
     mask_mapping: dict | None = None,
     worst: int = 5,
     patient_regex: str = r"^(.*)$",
+    split_file: str | Path | None = None,
+    split: str = "test",
 ) -> list[dict]:
-    """Evaluate MODEL on every labelled image under DATA_DIR; returns the per-case rows."""
+    """Evaluate MODEL on the labelled images under DATA_DIR (one split of a run's split.json); returns rows."""
     predictor = Predictor(model)
     info, out, data_dir = predictor.info, Path(out), Path(data_dir)
     classes = info.class_names
     dicom = any((data_dir / "images").rglob("*.dcm"))
     samples = index_dicom(data_dir) if dicom else index_folder(data_dir, patient_regex)
+    if split_file is not None:
+        samples = split_samples(samples, data_dir, split_file, split)
     rows, cases = [], []
     for sample in samples:
         image, meta = load_image_meta(sample, info.in_channels, info.window)
@@ -118,6 +122,18 @@ def evaluate(
     return rows
 
 
+def split_samples(samples: list[Sample], data_dir: Path, split_file: str | Path, split: str) -> list[Sample]:
+    """The samples a training run's split.json puts in SPLIT (images are stored relative to the data root)."""
+    splits = json.loads(Path(split_file).read_text())["splits"]
+    if split not in splits:
+        raise ValueError(f"{split_file}: no split {split!r}; it holds {sorted(splits)}")
+    wanted = {item["image"] for item in splits[split]}
+    chosen = [s for s in samples if str(s.image.relative_to(data_dir)) in wanted]
+    if not chosen:
+        raise ValueError(f"{split_file}: none of its {split!r} images are under {data_dir}")
+    return chosen
+
+
 def _write_csv(path: Path, rows: list[dict]) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["empty"])
@@ -137,9 +153,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--mask-mapping", type=json.loads, default=None, help='JSON, e.g. {"255": 1}')
     parser.add_argument("--patient-regex", default=r"^(.*)$")
     parser.add_argument("--worst", type=int, default=5, help="how many worst-case overlays to write")
+    parser.add_argument("--split-file", type=Path, default=None, help="a run's split.json: evaluate one of its splits")
+    parser.add_argument("--split", default="test", help="which split of --split-file (default: test)")
     args = parser.parse_args(argv)
     evaluate(
-        args.model, args.data_dir, args.out, args.mask_threshold, args.mask_mapping, args.worst, args.patient_regex
+        args.model,
+        args.data_dir,
+        args.out,
+        args.mask_threshold,
+        args.mask_mapping,
+        args.worst,
+        args.patient_regex,
+        args.split_file,
+        args.split,
     )
     with open(args.out / "summary.csv") as handle:
         print(handle.read())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 
 import numpy as np
@@ -63,3 +64,15 @@ def test_eval_cli_on_demo_dicom(demo_checkpoint, demo_root, tmp_path, capsys):
     lesion_cases = int(summary[("lesion", "dice")]["n"])
     assert lesion_cases < 96  # slices without lesion in reference or prediction are NaN, left out
     assert len(list((tmp_path / "worst").glob("*.png"))) == 3
+
+
+def test_eval_cli_restricted_to_a_runs_test_split(demo_checkpoint, demo_root, tmp_path):
+    split_file = demo_checkpoint.parent.parent / "split.json"
+    test_images = json.loads(split_file.read_text())["splits"]["test"]
+    args = [str(demo_checkpoint), str(demo_root), "--out", str(tmp_path), "--split-file", str(split_file)]
+    main(args)
+    with open(tmp_path / "cases.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert 0 < len(test_images) < 96 and len(rows) == 2 * len(test_images)
+    with pytest.raises(ValueError, match="no split 'holdout'"):
+        main([*args, "--split", "holdout"])

@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 from medseg.models import PSPNet
 from medseg.models.encoder import BACKBONES, Encoder
 from medseg.models.pyramid_pooling import adaptive_avg_pool2d
+from medseg.module import SegmentationModule
 
 ALL = list(BACKBONES)
 
@@ -76,3 +77,19 @@ def test_grad_checkpointing_gives_the_same_gradients():
         net(x).square().mean().backward()
     for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_channels_last_module_gives_the_same_logits():
+    cfg = dict(
+        net={"_target_": "medseg.models.PSPNet", "encoder_name": "mobilenetv3", "in_channels": 1},
+        loss={"_target_": "medseg.losses.HybridLoss"},
+        optimizer={"_target_": "torch.optim.AdamW", "_partial_": True},
+    )
+    torch.manual_seed(0)
+    nchw = SegmentationModule(**cfg, channels_last=False).eval()
+    nhwc = SegmentationModule(**cfg, channels_last=True).eval()
+    nhwc.load_state_dict(nchw.state_dict())
+    assert nhwc.net.segmentation_head.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(nhwc(x), nchw(x), atol=1e-5)

@@ -131,3 +131,13 @@ def test_stage_two_from_stage_one_checkpoint_freezes_the_encoder(make_cfg, tmp_p
     train(make_cfg(["stage=2", "stage.stages.0.epochs=1", "trainer.limit_train_batches=1", *FAST], tmp_path / "noinit"))
     warnings = [r.getMessage() for r in caplog.records if "without init_from" in r.getMessage()]
     assert len(warnings) == 1
+
+
+def test_cosine_schedule_restarts_and_spans_each_stage(make_cfg, tmp_path):
+    cosine = "{_target_:torch.optim.lr_scheduler.CosineAnnealingLR,_partial_:true,T_max:1}"
+    stages = ["stage.stages.0.epochs=3", "stage.stages.1.epochs=3", "stage.stages.2.epochs=0"]
+    cfg = make_cfg(["stage=progressive", *stages, f"model.scheduler={cosine}", *FAST, "trainer.limit_train_batches=1"])
+    train(cfg)
+    lrs = [v for _, v in per_epoch(read_events(Path(cfg.paths.output_dir) / "tensorboard"), "lr")]
+    shape = [1.0, 0.75, 0.25]  # (1 + cos(pi * t / 3)) / 2 for t = 0, 1, 2
+    assert lrs == pytest.approx([1e-4 * s for s in shape] + [5e-5 * s for s in shape], rel=1e-6)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,12 @@ def test_fast_dev_run_every_backbone(make_cfg, backbone):
     assert cfg.model.net.encoder_name == backbone
     _, metrics = train(cfg)
     assert "train/loss_epoch" in metrics or "train/loss" in metrics
+
+
+def test_bf16_mixed_precision_trains_on_cpu(make_cfg):
+    cfg = make_cfg(["trainer.precision=bf16-mixed", "trainer.fast_dev_run=true", "data.image_size=64"])
+    _, metrics = train(cfg)
+    assert math.isfinite(metrics["train/loss"])
 
 
 def test_short_run_writes_config_split_checkpoint_and_events(make_cfg, tmp_path):
@@ -90,6 +97,13 @@ def test_auto_class_weights_come_from_training_masks(make_cfg):
     assert torch.allclose(model.class_weights, expected)
     assert model.class_weights[2] > model.class_weights[1] > model.class_weights[0]  # lesion rarest
     assert torch.equal(model.criterion.dice.class_weights, model.class_weights)
+
+
+def test_experiment_settings_override_the_main_config(make_cfg):
+    cfg = make_cfg(["experiment=cxr_lung_scratch"])
+    assert cfg.model.scheduler._target_ == "torch.optim.lr_scheduler.CosineAnnealingLR"
+    assert [s.name for s in cfg.stage.stages] == ["full"] and cfg.trainer.max_epochs == cfg.stage.stages[0].epochs
+    assert cfg.data.layout == "folder" and cfg.data.image_size == 256 and cfg.model.channels_last
 
 
 @requires_cxr_lung()

@@ -51,6 +51,7 @@ class ProgressiveSchedule(Callback):
         self.stages = [Stage(**{**s, "name": str(s["name"])}) for s in stages]
         self._start_epoch = 0
         self._current: int | None = None
+        self._epoch_lr = 0.0
 
     def stage_index(self, epoch: int) -> int:
         """Index of the stage that runs EPOCH (the last stage for epochs past the schedule)."""
@@ -74,15 +75,21 @@ class ProgressiveSchedule(Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Also runs when a run resumes mid-epoch, where on_train_epoch_start is skipped.
         self._enter(trainer, pl_module, self.stage_index(trainer.current_epoch))
+        self._epoch_lr = trainer.optimizers[0].param_groups[0]["lr"]
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         index = self.stage_index(trainer.current_epoch)
         if index != self._current:
             self._enter(trainer, pl_module, index)
+        self._epoch_lr = trainer.optimizers[0].param_groups[0]["lr"]  # epoch-interval schedulers step before epoch end
 
-    def _enter(self, trainer: L.Trainer, pl_module: L.LightningModule, index: int) -> None:
-        """Set learning rate, reset schedulers and freeze parts for stage INDEX."""
-        stage = self.stages[index]
+    def stage_start(self, index: int) -> int:
+        """First epoch of stage INDEX."""
+        return sum(stage.epochs for stage in self.stages[:index])
+
+    @staticmethod
+    def _reset_lr(trainer: L.Trainer, stage: Stage) -> None:
+        """Start the stage's learning rate; schedulers restart (cosine annealing spans the stage)."""
         for optimizer in trainer.optimizers:
             for group in optimizer.param_groups:
                 group["lr"] = stage.lr
@@ -91,6 +98,14 @@ class ProgressiveSchedule(Callback):
             scheduler = config.scheduler
             scheduler.base_lrs = [stage.lr] * len(scheduler.base_lrs)
             scheduler.last_epoch = 0
+            if hasattr(scheduler, "T_max"):
+                scheduler.T_max = stage.epochs
+
+    def _enter(self, trainer: L.Trainer, pl_module: L.LightningModule, index: int) -> None:
+        """Set learning rate, reset schedulers and freeze parts for stage INDEX."""
+        stage = self.stages[index]
+        if trainer.current_epoch == self.stage_start(index):  # a resumed run keeps its restored LR state
+            self._reset_lr(trainer, stage)
         pl_module.set_trainable(stage.trainable)
         log.info(
             "stage %s: lr %g, data %.0f%%, augmentation %s, training %s",
@@ -108,7 +123,7 @@ class ProgressiveSchedule(Callback):
         pl_module.log_dict(
             {
                 "stage": float(stage.name) if stage.name.isdigit() else float(index + 1),
-                "lr": trainer.optimizers[0].param_groups[0]["lr"],
+                "lr": self._epoch_lr,
                 "data_fraction": stage.data_fraction,
                 "aug_strength": float(_AUG_LEVEL[stage.aug_strength]),
             },

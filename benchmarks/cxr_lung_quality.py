@@ -1,0 +1,112 @@
+"""Lung fields on real chest X-rays from random weights: Dice per backbone at one wall-clock training budget.
+
+    pip install segmentation-models-pytorch   # for the smp reference row only
+    python benchmarks/cxr_lung_quality.py [--models mobilenetv3 efficientnet_b0 resnet18 convnext_tiny smp]
+                                          [--budget-min 30]
+
+Every model trains with `experiment=cxr_lung_scratch` (one stage, AdamW 2e-3, cosine decay, 256x256,
+70/15/15 patient split). Each model gets as many epochs as fit the budget, estimated from a few timed
+steps, with `trainer.max_time` as a hard stop. `smp` is segmentation_models_pytorch's PSPNet with its
+defaults (encoder depth 3 = output stride 8, 512 PSP channels) on the mobilenetv3 timm encoder.
+Prints a markdown table and the evaluation command of each best checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf, open_dict
+
+from medseg.config import compose_config
+from medseg.models.encoder import BACKBONES
+from medseg.training import train
+
+REPO = Path(__file__).resolve().parent.parent
+CXR = REPO.parent / "shared" / "data" / "cxr_lung"
+SETUP_S = 60  # data setup, first validation images and checkpoint writes, per run
+
+
+def configure(model: str, out: Path):
+    """The experiment config for MODEL ('smp' = smp's PSPNet on mobilenetv3)."""
+    backbone = "mobilenetv3" if model == "smp" else model
+    overrides = [f"backbone={backbone}", f"data.root={CXR}", "callbacks.progress_bar=null"]
+    cfg = compose_config(["experiment=cxr_lung_scratch", *overrides], out / model)
+    if model == "smp":
+        with open_dict(cfg):
+            cfg.model.net = OmegaConf.create(
+                {"_target_": "smp_reference.smp_pspnet", "encoder_name": backbone, "in_channels": cfg.data.in_channels}
+            )
+    return cfg
+
+
+def epoch_seconds(cfg) -> float:
+    """Estimated seconds per epoch (training steps + validation) from three timed steps of each."""
+    torch.manual_seed(0)
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.setup("fit")
+    module = instantiate(cfg.model, _recursive_=False)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3)
+    batch = next(iter(datamodule.train_dataloader()))
+    times = []
+    for _ in range(4):
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        module.criterion(module(batch["image"]), batch["mask"]).backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    module.eval()
+    with torch.no_grad():
+        start = time.perf_counter()
+        for _ in range(3):
+            module(batch["image"])
+        eval_s = (time.perf_counter() - start) / 3
+    n_train = len(datamodule.splits["train"]) // cfg.data.batch_size
+    n_val = math.ceil(len(datamodule.splits["val"]) / cfg.data.batch_size)
+    return n_train * sorted(times[1:])[1] + n_val * eval_s
+
+
+def main() -> None:
+    """Train every model within the budget and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=[*BACKBONES, "smp"])
+    parser.add_argument("--budget-min", type=float, default=30.0)
+    parser.add_argument("--out", type=Path, default=REPO / "outputs" / "benchmarks" / "cxr_lung_quality")
+    args = parser.parse_args()
+    if not (CXR / "images").is_dir():
+        raise SystemExit(f"{CXR} not found: this benchmark needs the chest X-ray data set")
+    torch.set_num_threads(2)
+    rows = []
+    for model in args.models:
+        cfg = configure(model, args.out)
+        per_epoch = epoch_seconds(cfg)
+        epochs = max(1, int((args.budget_min * 60 - SETUP_S) / (per_epoch * 1.05)))
+        with open_dict(cfg):
+            cfg.stage.stages[0].epochs = epochs
+            cfg.trainer.max_epochs = epochs
+            seconds = round(args.budget_min * 60)
+            cfg.trainer.max_time = f"00:{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        _, metrics = train(cfg)
+        best = Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt"
+        rows.append((model, epochs, metrics, best))
+        print(f"{model}: {epochs} epochs, {metrics}", flush=True)
+    print(f"\ncxr_lung, 256x256, random init, budget {args.budget_min:g} min of training on this machine\n")
+    print("| model | epochs | training min | best val Dice | test Dice | test IoU |")
+    print("|---|---|---|---|---|---|")
+    for model, epochs, m, _ in rows:
+        print(
+            f"| {model} | {epochs} | {m['train_time_s'] / 60:.1f} | {m.get('best/val/dice_mean', float('nan')):.4f} "
+            f"| {m.get('test/dice_mean', float('nan')):.4f} | {m.get('test/iou_mean', float('nan')):.4f} |"
+        )
+    for model, _, _, best in rows:
+        run = best.parent.parent
+        split = run / "split.json"
+        print(f"\n{model}: medseg-eval {best} {CXR} --out {run / 'eval'} --mask-threshold 128 --split-file {split}")
+
+
+if __name__ == "__main__":
+    main()
