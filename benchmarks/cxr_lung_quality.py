@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import time
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from medseg.training import train
 REPO = Path(__file__).resolve().parent.parent
 CXR = REPO.parent / "shared" / "data" / "cxr_lung"
 SETUP_S = 60  # data setup, first validation images and checkpoint writes, per run
+WARMUP_STEPS, TIMED_STEPS = 4, 4
 
 
 def configure(model: str, out: Path):
@@ -45,7 +47,7 @@ def configure(model: str, out: Path):
 
 
 def epoch_seconds(cfg) -> float:
-    """Estimated seconds per epoch (training steps + validation) from three timed steps of each."""
+    """Estimated seconds per epoch (training steps + validation) from timed steps after a warm-up."""
     torch.manual_seed(0)
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.setup("fit")
@@ -53,7 +55,7 @@ def epoch_seconds(cfg) -> float:
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3)
     batch = next(iter(datamodule.train_dataloader()))
     times = []
-    for _ in range(4):
+    for _ in range(WARMUP_STEPS + TIMED_STEPS):  # the first steps are slower (kernel selection, allocations)
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         module.criterion(module(batch["image"]), batch["mask"]).backward()
@@ -67,7 +69,7 @@ def epoch_seconds(cfg) -> float:
         eval_s = (time.perf_counter() - start) / 3
     n_train = len(datamodule.splits["train"]) // cfg.data.batch_size
     n_val = math.ceil(len(datamodule.splits["val"]) / cfg.data.batch_size)
-    return n_train * sorted(times[1:])[1] + n_val * eval_s
+    return n_train * statistics.median(times[WARMUP_STEPS:]) + n_val * eval_s
 
 
 def main() -> None:

@@ -86,12 +86,13 @@ def mean_dice(predictor: Predictor, batches: list[tuple[np.ndarray, np.ndarray]]
 
 
 def quantize_onnx(fp32: Path, out: Path, calibration: list[np.ndarray]) -> Path:
-    """Statically quantize FP32 to INT8 (QDQ, per-channel weights, uint8 activations), keeping metadata."""
+    """Statically quantize to INT8 (QDQ, per-channel weights, uint8 activations; stem and classifier FP32)."""
     model = onnx.load(str(fp32))
     meta = {p.key: p.value for p in model.metadata_props}
     with tempfile.TemporaryDirectory(dir=out.parent) as work, atomic_path(out) as tmp:
         pre = Path(work) / "preprocessed.onnx"
         quant_pre_process(str(fp32), str(pre))
+        convs = [node.name for node in onnx.load(str(pre)).graph.node if node.op_type == "Conv"]
         quantize_static(
             str(pre),
             str(tmp),
@@ -100,6 +101,7 @@ def quantize_onnx(fp32: Path, out: Path, calibration: list[np.ndarray]) -> Path:
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
+            nodes_to_exclude=[convs[0], convs[-1]],  # stem and classifier stay FP32: they decide the masks' edges
         )
         quantized = onnx.load(str(tmp))
         onnx.helper.set_model_props(quantized, meta)
