@@ -5,15 +5,15 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from medseg.cli import run_cli
 from medseg.config import quote_numeric_options
 from medseg.training import train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; returns the optimised metric for sweepers."""
-    metric, _ = train(cfg)
-    return metric
+    """Hydra entry point; returns the optimised metric for sweepers (user errors end in one line, exit 2)."""
+    return run_cli("train.py", False, lambda: train(cfg)[0])
 
 
 if __name__ == "__main__":

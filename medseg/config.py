@@ -33,6 +33,14 @@ def quote_numeric_options(overrides: Sequence[str]) -> list[str]:
 def register_resolvers() -> None:
     """Register the resolvers the config tree uses (idempotent)."""
     OmegaConf.register_new_resolver("total_epochs", lambda stages: total_epochs(stages), replace=True)
+    OmegaConf.register_new_resolver("prepared", prepared_setting, replace=True)
+
+
+def prepared_setting(root: str, key: str):
+    """A data setting recorded in a medseg-prepare folder's medseg.json (for data=stream)."""
+    from medseg.prepare import read_metadata
+
+    return read_metadata(root)["settings"][key]
 
 
 register_resolvers()
@@ -48,3 +56,46 @@ def compose_config(overrides: Sequence[str] = (), output_dir: str | Path = "outp
         cfg.paths.output_dir = str(Path(output_dir).resolve())
         del cfg["hydra"]  # as in a @hydra.main app, where only HydraConfig holds it
     return cfg
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Check the values a run needs before anything is decoded; raise one ValueError naming the key."""
+    data = cfg.data
+    if OmegaConf.is_missing(data, "root") or (data.get("layout") == "folder" and not data.get("root")):
+        raise ValueError("data.root is required with this data config: the folder to train on")
+    checks = {
+        "data.batch_size": (data.get("batch_size"), _positive_int, "a positive integer"),
+        "data.image_size": (
+            data.get("image_size"),
+            lambda v: _positive_int(v) or (isinstance(v, list | tuple) and len(v) == 2 and all(map(_positive_int, v))),
+            "a positive integer or [height, width]",
+        ),
+        "data.num_workers": (
+            data.get("num_workers"),
+            lambda v: v == "auto" or (isinstance(v, int) and v >= 0),
+            "'auto' or an integer >= 0",
+        ),
+        "data.data_fraction": (data.get("data_fraction"), lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
+        "seed": (cfg.get("seed"), lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    }
+    if "split" in data:
+        checks["data.split"] = (
+            data.split,
+            lambda v: len(v) == 3 and all(_number(x) and x >= 0 for x in v) and sum(v) > 0,
+            "three non-negative fractions [train, val, test]",
+        )
+    for i, stage in enumerate(cfg.stage.stages):
+        checks[f"stage.stages.{i}.epochs"] = (stage.get("epochs"), _positive_int, "a positive integer")
+        checks[f"stage.stages.{i}.lr"] = (stage.get("lr"), lambda v: _number(v) and v > 0, "a positive number")
+    for key, (value, ok, expected) in checks.items():
+        value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+        if not ok(value):
+            raise ValueError(f"{key}: expected {expected}, got {value!r}")

@@ -5,15 +5,16 @@
 SRC is any folder of DICOM files; labels are taken from SRC/masks when it follows the medseg
 layout (per-slice PNG by stem, a NIfTI volume per series folder, or DICOM SEG). DST receives
 JPEGImages/ (lossless PNG unless --jpeg), SegmentationClass/ (palette PNG), ImageSets/Segmentation/
-{train,val,test}.txt split by patient, and manifest.csv. Names and logs carry only salted hashes of
-patient and series identifiers. SRC is never written to; every output is written atomically and a
-rerun skips what is up to date.
+{train,val,test}.txt split by patient, and manifest.csv. Names, the manifest and logs carry only keyed
+pseudonyms (medseg.privacy) of patient, series and source path. SRC is never written to; every output
+is written atomically; a rerun skips a file whose source and label content and outputs are unchanged.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import logging
 from collections import Counter
@@ -30,14 +31,15 @@ from rich.progress import track
 
 from medseg.data.dataset import load_mask
 from medseg.data.dicom import NoPixelData, read_frames
-from medseg.data.index import Sample, hash_id
+from medseg.data.index import Sample, patient_key
 from medseg.data.labels import find_label, label_lookups
 from medseg.data.split import split_patients
 from medseg.io import atomic_path
+from medseg.privacy import pseudonym, pseudonymous_path
 from medseg.visualize import palette_png
 
 log = logging.getLogger(__name__)
-FIELDS = ["stem", "source", "frame", "patient", "series", "window", "source_size", "source_mtime_ns", "label"]
+FIELDS = ["stem", "source", "frame", "patient", "series", "window", "source_digest", "label_digest", "label"]
 
 
 @dataclass
@@ -47,6 +49,7 @@ class Report:
     rows: list[dict] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (source, reason): not images
     failed: list[tuple[str, str]] = field(default_factory=list)  # (source, reason): broken images
+    orphans: list[str] = field(default_factory=list)  # output files no manifest row refers to
 
     def summary(self) -> str:
         """A few lines for the console."""
@@ -55,6 +58,8 @@ class Report:
             f"{len(self.rows)} frames written, {len(self.skipped)} files without images skipped, "
             f"{len(self.failed)} files refused"
         ]
+        if self.orphans:
+            lines.append(f"  {len(self.orphans)} output files belong to no source (e.g. {self.orphans[0]}): left alone")
         lines += [f"  {n} x {reason}" for reason, n in reasons.most_common()]
         return "\n".join(lines)
 
@@ -69,7 +74,6 @@ class Job:
     labels: dict
     window: object
     jpeg: bool
-    salt: str
     previous: dict
 
 
@@ -78,17 +82,43 @@ def _save_png(image: Image.Image, path: Path, fmt: str) -> None:
         image.save(tmp, format=fmt)
 
 
+def file_digest(path: Path | None) -> str:
+    """SHA-256 of a file's bytes ('' for no file)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path is not None else ""
+
+
+def _readable(path: Path) -> bool:
+    """Whether an image output exists and decodes completely."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+        return True
+    except (OSError, SyntaxError, ValueError):
+        return False
+
+
+def _up_to_date(job: Job, rows: list[dict], digest: str) -> bool:
+    """A previous conversion of this source whose content, labels and outputs are all still intact."""
+    suffix = ".jpg" if job.jpeg else ".png"
+    if not rows or any(r.get("source_digest") != digest for r in rows):
+        return False
+    sop = str(pydicom.dcmread(job.path, stop_before_pixels=True).get("SOPInstanceUID", ""))
+    return all(
+        r.get("label_digest") == file_digest(find_label(job.labels, job.path, int(r["frame"]), len(rows), sop))
+        and _readable(job.dst / "JPEGImages" / f"{r['stem']}{suffix}")
+        and (not r["label"] or _readable(job.dst / "SegmentationClass" / f"{r['stem']}.png"))
+        for r in rows
+    )
+
+
 def convert_file(job: Job) -> tuple[list[dict], tuple[str, str] | None, tuple[str, str] | None]:
     """Convert one file: (manifest rows, skipped reason, failure reason)."""
     rel = str(job.path.relative_to(job.src))
-    stat = job.path.stat()
-    if job.previous.get(rel) and all(
-        int(r["source_size"]) == stat.st_size
-        and int(r["source_mtime_ns"]) == stat.st_mtime_ns
-        and (job.dst / "JPEGImages" / f"{r['stem']}{'.jpg' if job.jpeg else '.png'}").is_file()
-        for r in job.previous[rel]
-    ):
-        return job.previous[rel], None, None
+    source = pseudonymous_path(rel)
+    digest = file_digest(job.path)
+    previous = job.previous.get(source, [])
+    if previous and _up_to_date(job, previous, digest):
+        return previous, None, None
     try:
         frames = read_frames(job.path, job.window)
     except NoPixelData as exc:
@@ -99,13 +129,13 @@ def convert_file(job: Job) -> tuple[list[dict], tuple[str, str] | None, tuple[st
         return [], None, (rel, str(exc).split(": ", 1)[-1])
     header = pydicom.dcmread(job.path, stop_before_pixels=True)
     patient, series = (
-        hash_id(str(header.get("PatientID", "")), job.salt),
-        hash_id(str(header.get("SeriesInstanceUID", rel)), job.salt),
+        pseudonym(patient_key(header, job.path)[0]),
+        pseudonym(str(header.get("SeriesInstanceUID", rel))),
     )
     sop = str(header.get("SOPInstanceUID", rel))
     rows = []
     for image, meta in frames:
-        stem = f"{patient}_{series[:8]}_{hash_id(rel + sop, job.salt)[:10]}_{meta.frame:04d}"
+        stem = f"{patient}_{series[:8]}_{pseudonym(rel + sop)[:10]}_{meta.frame:04d}"
         pixels = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
         suffix, fmt = (".jpg", "JPEG") if job.jpeg else (".png", "PNG")
         _save_png(Image.fromarray(pixels), job.dst / "JPEGImages" / f"{stem}{suffix}", fmt)
@@ -118,13 +148,13 @@ def convert_file(job: Job) -> tuple[list[dict], tuple[str, str] | None, tuple[st
         rows.append(
             dict(
                 stem=stem,
-                source=rel,
+                source=source,
                 frame=meta.frame,
                 patient=patient,
                 series=series,
                 window=window,
-                source_size=stat.st_size,
-                source_mtime_ns=stat.st_mtime_ns,
+                source_digest=digest,
+                label_digest=file_digest(label),
                 label=label is not None,
             )
         )
@@ -151,7 +181,6 @@ def convert(
     strict: bool = False,
     split: Sequence[float] = (0.7, 0.15, 0.15),
     seed: int = 42,
-    salt: str = "medseg",
 ) -> Report:
     """Convert every DICOM file under SRC (except SRC/masks) into a VOC tree at DST."""
     src, dst = Path(src).resolve(), Path(dst).resolve()
@@ -160,7 +189,7 @@ def convert(
     labels = label_lookups(src / "masks")
     previous = _read_manifest(dst / "manifest.csv")
     files = [p for p in sorted(src.rglob("*")) if p.is_file() and (src / "masks") not in p.parents]
-    jobs = [Job(p, src, dst, labels, window, jpeg, salt, previous) for p in files]
+    jobs = [Job(p, src, dst, labels, window, jpeg, previous) for p in files]
     report = Report()
     executor = ProcessPoolExecutor(workers) if workers > 1 else None
     results = executor.map(convert_file, jobs, chunksize=8) if executor else map(convert_file, jobs)
@@ -174,11 +203,20 @@ def convert(
                 report.failed.append(failed)
                 log.error("refused %s: %s", *failed)
                 if strict:
-                    raise ValueError(f"{failed[0]}: {failed[1]}")
+                    raise ValueError(f"{src / failed[0]}: {failed[1]}")
     finally:
         if executor:
             executor.shutdown(cancel_futures=True)
-    _write_outputs(report.rows, dst, split, seed)
+        _write_outputs(report.rows, dst, split, seed)  # --strict too: the manifest lists what was written
+    written = {r["stem"] for r in report.rows}
+    report.orphans = sorted(
+        str(p.relative_to(dst))
+        for folder in ("JPEGImages", "SegmentationClass")
+        for p in (dst / folder).glob("*")
+        if p.stem not in written and not p.name.startswith(".")
+    )
+    if report.orphans:
+        log.warning("%d output files in %s belong to no converted source", len(report.orphans), dst)
     return report
 
 
@@ -209,13 +247,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--jpeg", action="store_true", help="write JPEG instead of lossless PNG")
     parser.add_argument("--strict", action="store_true", help="stop at the first undecodable file")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--salt", default="medseg", help="salt for hashed patient/series identifiers")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     window = args.window
     if window and "," in window:
         window = [float(v) for v in window.split(",")]
-    report = convert(args.src, args.dst, window, args.workers, args.jpeg, args.strict, seed=args.seed, salt=args.salt)
+    report = convert(args.src, args.dst, window, args.workers, args.jpeg, args.strict, seed=args.seed)
     print(report.summary())
 
 

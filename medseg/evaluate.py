@@ -24,9 +24,10 @@ from PIL import Image
 from torchmetrics.functional.segmentation import dice_score, mean_iou
 
 from medseg.data.dataset import load_image_meta, load_mask
-from medseg.data.index import Sample, hash_id, index_dicom, index_folder
+from medseg.data.index import Sample, index_dicom, index_folder
 from medseg.inference import Predictor
 from medseg.io import atomic_path
+from medseg.privacy import pseudonym
 from medseg.visualize import overlay_grid
 
 
@@ -80,7 +81,7 @@ def evaluate(
         pred = predictor.segment(image)
         spacing = list(meta.pixel_spacing) if meta is not None and meta.pixel_spacing else None
         scores = case_scores(pred, target, len(classes), spacing)
-        name = f"{hash_id(meta.sop_uid)}_{sample.frame:04d}" if meta is not None else sample.image.stem
+        name = f"{pseudonym(meta.sop_uid)}_{sample.frame:04d}" if meta is not None else sample.image.stem
         for k, cls in enumerate(classes[1:]):
             rows.append(
                 dict(

@@ -10,6 +10,8 @@ import cv2
 import numpy as np
 import torch
 
+from medseg.checkpoint import load_checkpoint
+
 METADATA_KEY = "medseg"
 
 
@@ -47,8 +49,7 @@ def load_checkpoint_module(path: str | Path):
     """The SegmentationModule of a checkpoint (weights-only load), in eval mode, and its ModelInfo."""
     from medseg.module import SegmentationModule
 
-    path = Path(path)
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = load_checkpoint(path)
     module = SegmentationModule(**checkpoint["hyper_parameters"])
     module.load_state_dict(checkpoint["state_dict"])
     module.on_load_checkpoint(checkpoint)

@@ -23,9 +23,10 @@ from rich.progress import track
 from medseg import __version__
 from medseg.data.dataset import load_image
 from medseg.data.dicom import slice_position
-from medseg.data.index import IMAGE_SUFFIXES, Sample, hash_id
+from medseg.data.index import IMAGE_SUFFIXES, Sample
 from medseg.inference import Predictor
 from medseg.io import atomic_path
+from medseg.privacy import pseudonym
 from medseg.visualize import overlay, palette_png
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ def write_seg(sources: Sequence[Path], masks: Sequence[np.ndarray], class_names:
         device_serial_number="0",
         omit_empty_frames=False,
     )
-    path = out / f"seg_{hash_id(str(datasets[0].SeriesInstanceUID))}.dcm"
+    path = out / f"seg_{pseudonym(str(datasets[0].SeriesInstanceUID))}.dcm"
     with atomic_path(path) as tmp:
         seg.save_as(tmp)
     return path
@@ -130,7 +131,7 @@ def write_nifti(sources: Sequence[Path], masks: Sequence[np.ndarray], out: Path)
 
     datasets = [pydicom.dcmread(p, stop_before_pixels=True) for p in sources]
     volume = np.stack(masks).transpose(2, 1, 0).astype(np.uint8)
-    path = out / f"seg_{hash_id(str(datasets[0].SeriesInstanceUID))}.nii.gz"
+    path = out / f"seg_{pseudonym(str(datasets[0].SeriesInstanceUID))}.nii.gz"
     with atomic_path(path) as tmp:
         nib.save(nib.Nifti1Image(volume, series_affine(datasets)), tmp)
     return path
@@ -150,15 +151,15 @@ def predict(
     segs = []
     for uid, items in group_series(dicoms).items():
         masks = []
-        for index, (path, _) in enumerate(track(items, description=f"series {hash_id(uid)}")):
+        for index, (path, _) in enumerate(track(items, description=f"series {pseudonym(uid)}")):
             image = load_image(Sample(path, path, "", "dicom"), info.in_channels, info.window)
             masks.append(predictor.segment(image, policy))
-            save_mask_and_overlay(image, masks[-1], out, f"{hash_id(uid)}_{index:04d}")
+            save_mask_and_overlay(image, masks[-1], out, f"{pseudonym(uid)}_{index:04d}")
         sources = [p for p, _ in items]
         try:
             segs.append(write_seg(sources, masks, info.class_names, out))
         except Exception as exc:  # e.g. sources without the geometry a SEG needs
-            log.warning("series %s: no DICOM SEG written (%s)", hash_id(uid), exc)
+            log.warning("series %s: no DICOM SEG written (%s)", pseudonym(uid), exc)
         if nifti:
             segs.append(write_nifti(sources, masks, out))
     for path in track(images, description="images"):

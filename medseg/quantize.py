@@ -13,6 +13,7 @@ import torch
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from medseg.checkpoint import load_checkpoint
 from medseg.inference import Predictor
 from medseg.io import atomic_path
 from medseg.metrics import segmentation_metrics, update_ignoring
@@ -68,7 +69,7 @@ def validation_batches(checkpoint: str | Path, data_root: str | None = None) -> 
     """(images, masks) batches of the checkpoint's validation split, rebuilt from its data settings."""
     from medseg.data.datamodule import SegmentationDataModule
 
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = load_checkpoint(checkpoint)
     hparams = dict(state["datamodule_hyper_parameters"], split_file=None)
     if data_root:
         hparams["root"] = data_root

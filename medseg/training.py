@@ -7,11 +7,11 @@ import time
 from pathlib import Path
 
 import lightning as L
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-import medseg.config  # noqa: F401  (registers resolvers)
+from medseg.checkpoint import SafeCheckpointIO, UnsafeCheckpoint, is_url, load_checkpoint
+from medseg.config import validate_config  # also registers the resolvers
 from medseg.io import atomic_path
 from medseg.report import RESULTS_FILE, append_result, count_params_flops
 
@@ -25,12 +25,10 @@ def instantiate_dict(cfg: DictConfig | None) -> list:
     return [instantiate(c, _convert_="all") for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
 
 
-def load_weights(module: L.LightningModule, checkpoint: str | Path) -> None:
-    """Copy model weights (not optimizer state) from a checkpoint into MODULE."""
-    path = Path(checkpoint).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"init_from checkpoint not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+def load_weights(module: L.LightningModule, checkpoint: str | Path, allow_remote: bool = False) -> None:
+    """Copy model weights (not optimizer state) from a validated, weights-only checkpoint into MODULE."""
+    path = checkpoint
+    state = load_checkpoint(path, allow_remote)
     result = module.load_state_dict(state["state_dict"], strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(
@@ -39,6 +37,24 @@ def load_weights(module: L.LightningModule, checkpoint: str | Path) -> None:
         )
     module.on_load_checkpoint(state)
     log.info("initialised weights from %s", path)
+
+
+def resume_path(ckpt_path: str | None, allow_remote: bool = False) -> str | None:
+    """The checkpoint to resume from; a run killed before its first checkpoint starts again from the beginning."""
+    if not ckpt_path:
+        return None
+    if is_url(ckpt_path):
+        if not allow_remote:
+            raise UnsafeCheckpoint(f"{ckpt_path}: refused: remote checkpoint (set allow_remote_checkpoints=true)")
+        return str(ckpt_path)
+    path = Path(ckpt_path).expanduser()
+    if path.is_file():
+        return str(path)
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    if (run_dir / "config.yaml").is_file():
+        log.warning("%s: the run stopped before its first checkpoint; starting it again from the beginning", path)
+        return None
+    raise FileNotFoundError(f"{path}: checkpoint not found (and {run_dir} is not a medseg run folder)")
 
 
 def save_config(cfg: DictConfig, path: str | Path) -> None:
@@ -75,24 +91,37 @@ def record_sweep_result(cfg: DictConfig, model: L.LightningModule, trainer: L.Tr
     )
 
 
+def route_library_logs() -> None:
+    """Send Lightning's console lines through the root logger (the run's train.log and stdout), not stderr."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+
+
 def train(cfg: DictConfig) -> tuple[float | None, dict]:
     """Fit, optionally test the best checkpoint, and return the optimised metric and all metrics."""
+    validate_config(cfg)
+    route_library_logs()
     save_config(cfg, Path(cfg.paths.output_dir) / "config.yaml")
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data, _convert_="all")
     model = instantiate(cfg.model, _recursive_=False)
     callbacks = instantiate_dict(cfg.get("callbacks"))
     loggers = instantiate_dict(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    remote = bool(cfg.get("allow_remote_checkpoints"))
+    ckpt_path = resume_path(cfg.get("ckpt_path"), remote)
+    plugins = [SafeCheckpointIO(allow_remote=remote)]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
     first = cfg.stage.stages[0]
     if cfg.get("init_from"):
-        load_weights(model, cfg.init_from)
-    elif str(first.name) in ("2", "3") and not cfg.get("ckpt_path"):
+        load_weights(model, cfg.init_from, remote)
+    elif str(first.name) in ("2", "3") and not ckpt_path:
         log.warning("stage %s starts without init_from: training from the encoder's initial weights", first.name)
     if loggers:
         trainer.logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics["train_time_s"] = time.perf_counter() - start
     checkpoint = trainer.checkpoint_callback

@@ -10,8 +10,9 @@ from PIL import Image
 
 from medseg.data.augment import build_augmentation
 from medseg.data.datamodule import SegmentationDataModule
-from medseg.data.index import hash_id, index_dicom, index_folder
+from medseg.data.index import index_dicom, index_folder
 from medseg.data.split import split_patients, subset_patients
+from medseg.privacy import pseudonym
 
 from .conftest import CXR_LUNG, requires_cxr_lung
 
@@ -57,7 +58,7 @@ def test_datamodule_split_file_and_no_patient_leak(demo_root, tmp_path):
     )
     payload = json.loads((tmp_path / "split.json").read_text())
     written = {k: {e["patient"] for e in v} for k, v in payload["splits"].items()}
-    assert written == {k: {hash_id(p) for p in v} for k, v in by_split.items()}
+    assert written == {k: {pseudonym(p) for p in v} for k, v in by_split.items()}
     assert "DEMO-" not in (tmp_path / "split.json").read_text()
     for fraction, expected in [(0.25, 2), (0.5, 4), (1.0, 8)]:
         dm.data_fraction = fraction

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
-import torch
 from torch.utils.data import DataLoader
 
 from medseg.data.augment import build_augmentation
@@ -24,22 +23,52 @@ from medseg.data.dataset import (
     load_mask,
     seed_worker_augmentation,
 )
-from medseg.data.index import Sample, hash_id, index_dicom, index_folder
+from medseg.data.index import Sample, index_dicom, index_folder
 from medseg.data.split import split_patients, subset_patients
 from medseg.data.synthetic import CLASS_NAMES as DEMO_CLASSES
 from medseg.data.synthetic import ensure_demo_dataset
 from medseg.io import atomic_path
+from medseg.privacy import pseudonym
 
 log = logging.getLogger(__name__)
 
 
-def _prepare(sample: Sample, *, in_channels, window, size, size_policy, num_classes, mapping, threshold, ignore_index):
-    """Decode, validate and resize one sample (module level so worker processes can pickle it)."""
+def decode_sample(
+    sample: Sample,
+    *,
+    in_channels,
+    window,
+    size,
+    size_policy,
+    num_classes,
+    mapping,
+    threshold,
+    ignore_index,
+    with_meta: bool = False,
+):
+    """Decode, validate and resize one sample: (image, mask), plus its SliceMeta WITH_META (picklable for workers)."""
     image, meta = load_image_meta(sample, in_channels, window)
     mask = load_mask(sample, num_classes, mapping, threshold, ignore_index, meta, image.shape[:2])
     if image.shape[:2] != mask.shape:
         raise ValueError(f"{sample.mask}: mask size {mask.shape} differs from image size {image.shape[:2]}")
-    return fit_to_size(image, mask, size, size_policy)
+    image, mask = fit_to_size(image, mask, size, size_policy)
+    return (image, mask, meta) if with_meta else (image, mask)
+
+
+def loader_workers(setting: int | str | None, trainer: L.Trainer | None) -> int:
+    """DataLoader worker count: an int as given; "auto" is 0 on CPU and up to 8 per GPU process otherwise."""
+    if setting not in (None, "auto"):
+        return int(setting)
+    accelerator = type(getattr(trainer, "accelerator", None)).__name__.lower()
+    if "cpu" in accelerator or trainer is None:
+        return 0
+    per_node = max(1, int(getattr(trainer, "num_devices", 1) or 1))
+    return max(1, min(8, (os.cpu_count() or 1) // per_node))
+
+
+def pin_memory(trainer: L.Trainer | None) -> bool:
+    """Page-locked host batches when training on CUDA."""
+    return trainer is not None and "cuda" in type(trainer.accelerator).__name__.lower()
 
 
 class SegmentationDataModule(L.LightningDataModule):
@@ -61,7 +90,7 @@ class SegmentationDataModule(L.LightningDataModule):
         split: Sequence[float] = (0.7, 0.15, 0.15),
         seed: int = 42,
         batch_size: int = 8,
-        num_workers: int = 0,
+        num_workers: int | str = "auto",
         data_fraction: float = 1.0,
         aug_strength: str = "mid",
         cache_dir: str = "~/.cache/medseg",
@@ -100,7 +129,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.splits = {name: [s for s in samples if s.patient in set(ids)] for name, ids in parts.items()}
         self.root = root
         self._prepare = partial(
-            _prepare,
+            decode_sample,
             in_channels=hp.in_channels,
             window=hp.window,
             size=self.image_size,
@@ -152,7 +181,7 @@ class SegmentationDataModule(L.LightningDataModule):
             "seed": self.hparams.seed,
             "fractions": list(self.hparams.split),
             "splits": {
-                name: [{"patient": hash_id(s.patient), "image": str(s.image.relative_to(self.root))} for s in items]
+                name: [{"patient": pseudonym(s.patient), "image": str(s.image.relative_to(self.root))} for s in items]
                 for name, items in self.splits.items()
             },
         }
@@ -172,17 +201,20 @@ class SegmentationDataModule(L.LightningDataModule):
         return SliceDataset(samples, self._prepare, self._cache, transform, seed)
 
     def _loader(self, dataset: SliceDataset, shuffle: bool) -> DataLoader:
-        workers = self.hparams.num_workers
+        workers = loader_workers(self.hparams.num_workers, self._trainer_or_none())
         return DataLoader(
             dataset,
             batch_size=self.hparams.batch_size,
             shuffle=shuffle,
             drop_last=shuffle and len(dataset) > self.hparams.batch_size,
             num_workers=workers,
-            persistent_workers=False,
-            pin_memory=torch.cuda.is_available(),
+            persistent_workers=workers > 0,
+            pin_memory=pin_memory(self._trainer_or_none()),
             worker_init_fn=seed_worker_augmentation if workers else None,
         )
+
+    def _trainer_or_none(self) -> L.Trainer | None:
+        return getattr(self, "trainer", None)
 
     def train_dataloader(self) -> DataLoader:
         self._train_loaders += 1

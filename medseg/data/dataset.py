@@ -101,7 +101,7 @@ def fit_to_size(image: np.ndarray, mask: np.ndarray, size: Sequence[int], policy
 def seed_worker_augmentation(worker_id: int) -> None:
     """DataLoader worker_init_fn: give each worker its own augmentation stream, derived from the dataset seed."""
     info = torch.utils.data.get_worker_info()
-    transform = getattr(info.dataset, "transform", None) if info else None
+    transform = getattr(info.dataset, "augment", None) if info else None
     if transform is not None and getattr(info.dataset, "seed", None) is not None:
         transform.set_random_seed(info.dataset.seed * 1000 + worker_id + 1)
 
@@ -113,7 +113,7 @@ class SliceDataset(Dataset):
         self.samples = list(samples)
         self.prepare = prepare
         self.cache = cache
-        self.transform = transform
+        self.augment = transform
         self.seed = seed
 
     def __len__(self) -> int:
@@ -128,12 +128,16 @@ class SliceDataset(Dataset):
         return entry[0].astype(np.float32), entry[1]
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        image, mask = self.load(index)
-        if self.transform is not None:
-            out = self.transform(image=image, mask=mask)
-            image, mask = np.clip(out["image"], 0.0, 1.0), out["mask"]
-        return {
-            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
-            "mask": torch.from_numpy(np.ascontiguousarray(mask)).long(),
-            "index": index,
-        }
+        return {**to_tensors(*self.load(index), self.augment), "index": index}
+
+
+def to_tensors(image: np.ndarray, mask: np.ndarray, transform=None) -> dict[str, torch.Tensor]:
+    """Augment (with TRANSFORM) an image [H, W, C] in [0, 1] and its mask; return CHW float and long tensors."""
+    image = image.astype(np.float32, copy=False)
+    if transform is not None:
+        out = transform(image=image, mask=mask)
+        image, mask = np.clip(out["image"], 0.0, 1.0), out["mask"]
+    return {
+        "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+        "mask": torch.from_numpy(np.ascontiguousarray(mask)).long(),
+    }

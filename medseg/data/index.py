@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 from dataclasses import dataclass
@@ -26,9 +25,17 @@ class Sample:
     frame: int = 0
 
 
-def hash_id(value: str, salt: str = "medseg") -> str:
-    """Short salted SHA-256 of an identifier, safe to write to logs and file names."""
-    return hashlib.sha256(f"{salt}:{value}".encode()).hexdigest()[:12]
+def patient_key(ds: pydicom.Dataset, path: Path) -> tuple[str, bool]:
+    """(grouping key of the object's patient, whether it is a fallback): PatientID, else the study UID.
+
+    Without a PatientID, all series of one study stay together (a study belongs to one patient);
+    the folder holding the file is the last resort.
+    """
+    patient = str(ds.get("PatientID", "")).strip()
+    if patient:
+        return patient, False
+    study = str(ds.get("StudyInstanceUID", "")).strip()
+    return (f"study:{study}" if study else f"folder:{path.parent}"), True
 
 
 def masks_by_stem(mask_dir: Path) -> dict[str, Path]:
@@ -53,7 +60,7 @@ def index_dicom(root: str | Path, strict: bool = False) -> list[Sample]:
 
     root = Path(root)
     lookups = label_lookups(root / "masks")
-    samples, skipped = [], 0
+    samples, skipped, fallback = [], 0, 0
     for path in sorted((root / "images").rglob("*.dcm")):
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
@@ -66,7 +73,8 @@ def index_dicom(root: str | Path, strict: bool = False) -> list[Sample]:
         if "Rows" not in ds:
             log.info("%s: skipped, no pixel data (%s)", path, ds.get("Modality", "unknown modality"))
             continue
-        patient = str(ds.get("PatientID", "")) or path.parent.name
+        patient, guessed = patient_key(ds, path)
+        fallback += guessed
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         for frame in range(frames):
             mask = find_label(lookups, path, frame, frames, str(ds.get("SOPInstanceUID", "")))
@@ -74,6 +82,8 @@ def index_dicom(root: str | Path, strict: bool = False) -> list[Sample]:
                 samples.append(Sample(path, mask, patient, "dicom", frame))
     if skipped:
         log.warning("%s: %d unreadable DICOM files skipped", root, skipped)
+    if fallback:
+        log.warning("%d DICOM files have no PatientID: grouped by StudyInstanceUID for the patient split", fallback)
     if not samples:
         raise FileNotFoundError(f"{root}: no DICOM frames under images/ with a label under masks/")
     return samples

@@ -1,0 +1,154 @@
+"""Training data streamed from a medseg-prepare folder with litdata: sharded over ranks and nodes, resumable."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+
+import lightning as L
+import numpy as np
+from litdata import StreamingDataLoader, StreamingDataset
+
+from medseg.data.augment import build_augmentation
+from medseg.data.datamodule import loader_workers, pin_memory
+from medseg.data.dataset import seed_worker_augmentation, to_tensors
+from medseg.prepare import SPLITS, read_metadata, verify_chunks
+
+log = logging.getLogger(__name__)
+logging.getLogger("litdata").setLevel(logging.WARNING)  # its per-dataset INFO lines (cache size, mmap) are noise here
+warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")  # litdata shards per worker
+
+
+class SegmentationStream(StreamingDataset):
+    """A prepared split as a StreamingDataset: the first LIMIT items only, augmented in the loader workers."""
+
+    def __init__(self, input_dir: str, transform=None, limit: int | None = None, **kwargs) -> None:
+        super().__init__(input_dir, **kwargs)
+        if limit is not None:
+            self._keep_first(limit)
+        self.augment = transform
+
+    def _keep_first(self, limit: int) -> None:
+        """Restrict to the first LIMIT items (whole chunks, then part of one), as litdata's own subsample does."""
+        files, roi = [], []
+        for name, (start, end) in zip(self.subsampled_files, self.region_of_interest, strict=True):
+            if limit <= 0:
+                break
+            take = min(end - start, limit)
+            files.append(name)
+            roi.append((start, start + take))
+            limit -= take
+        self.subsampled_files, self.region_of_interest = files, roi
+
+    def __getitem__(self, index) -> dict:
+        item = super().__getitem__(index)
+        out = to_tensors(np.asarray(item["image"]), np.asarray(item["mask"]), self.augment)
+        return {**out, "id": int(item["id"]), "patient": item["patient"]}
+
+
+class StreamDataModule(L.LightningDataModule):
+    """Train, validate and test from a folder written by medseg-prepare (local path or a litdata URL)."""
+
+    def __init__(
+        self,
+        root: str,
+        class_names: Sequence[str] | None = None,
+        in_channels: int | None = None,
+        image_size: int | Sequence[int] | None = None,
+        ignore_index: int = 255,
+        seed: int = 42,
+        batch_size: int = 8,
+        num_workers: int | str = "auto",
+        data_fraction: float = 1.0,
+        aug_strength: str = "low",
+        cache_dir: str | None = None,
+        max_cache_size: str | None = None,
+        split_file: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.root = str(root)
+        self.meta = read_metadata(self.root)
+        settings = self.meta["settings"]
+        self._check("class_names", class_names, settings["class_names"])
+        self._check("in_channels", in_channels, settings["in_channels"])
+        size = [image_size, image_size] if isinstance(image_size, int) else image_size
+        self._check("image_size", None if size is None else list(size), settings["image_size"])
+        self.class_names = list(settings["class_names"])
+        self.image_size = tuple(settings["image_size"])
+        self.data_fraction = data_fraction
+        self.aug_strength = aug_strength
+
+    def _check(self, key: str, given, prepared) -> None:
+        if given is not None and list(np.atleast_1d(given)) != list(np.atleast_1d(prepared)):
+            raise ValueError(f"{self.root}: prepared with {key}={prepared}, but the config asks for {given}")
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes, background included."""
+        return len(self.class_names)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Check every chunk is present and whole before the first step (local folders)."""
+        if "://" in self.root:
+            return
+        for split in SPLITS:
+            problem = verify_chunks(self.root, split, self.meta)
+            if problem:
+                raise ValueError(problem)
+
+    def train_items(self) -> int:
+        """Items of the current data_fraction: the slices of the first patients in subset order."""
+        counts = self.meta["splits"]["train"]["patient_items"]
+        if not 0.0 < self.data_fraction <= 1.0:
+            raise ValueError(f"data_fraction must be in (0, 1], got {self.data_fraction}")
+        return int(sum(counts[: max(1, round(len(counts) * self.data_fraction))]))
+
+    def dataset(self, split: str, augment: bool = False) -> SegmentationStream:
+        """A split as a stream: the training split shuffled per epoch and cut to the data fraction."""
+        train = split == "train"
+        return SegmentationStream(
+            f"{self.root.rstrip('/')}/{split}",
+            transform=build_augmentation(self.aug_strength, self.hparams.seed) if augment else None,
+            limit=self.train_items() if train else None,
+            shuffle=train,
+            drop_last=train,  # every rank the same number of training batches; never drop evaluation samples
+            seed=self.hparams.seed,
+            cache_dir=self.hparams.cache_dir,
+            max_cache_size=self.hparams.max_cache_size,
+        )
+
+    def _loader(self, dataset: SegmentationStream, train: bool) -> StreamingDataLoader:
+        trainer = getattr(self, "trainer", None)
+        workers = loader_workers(self.hparams.num_workers, trainer)
+        loader = StreamingDataLoader(
+            dataset,
+            batch_size=self.hparams.batch_size,
+            num_workers=workers,
+            drop_last=train,
+            pin_memory=pin_memory(trainer),
+            persistent_workers=workers > 0,
+            worker_init_fn=seed_worker_augmentation if workers else None,
+        )
+        if train and trainer is not None:
+            loader.current_epoch = trainer.current_epoch  # a fresh loader each epoch: shuffle by the trainer's epoch
+        return loader
+
+    def train_dataloader(self) -> StreamingDataLoader:
+        return self._loader(self.dataset("train", augment=True), train=True)
+
+    def val_dataloader(self) -> StreamingDataLoader:
+        return self._loader(self.dataset("val"), train=False)
+
+    def test_dataloader(self) -> StreamingDataLoader:
+        return self._loader(self.dataset("test"), train=False)
+
+    def class_pixel_counts(self) -> np.ndarray:
+        """Pixel count per class over the training masks (one streamed pass), ignoring ignore_index."""
+        counts = np.zeros(self.num_classes, dtype=np.int64)
+        for batch in self._loader(self.dataset("train"), train=False):
+            mask = batch["mask"].numpy()
+            valid = mask[mask != self.hparams.ignore_index]
+            counts += np.bincount(valid.ravel(), minlength=self.num_classes)[: self.num_classes]
+        return counts

@@ -1,0 +1,261 @@
+"""Prepare a dataset once for streaming: decode, window, resize and pair labels, split by patient, write litdata chunks.
+
+    medseg-prepare SRC OUT [--workers N] [--dtype float16|uint8] [key=value data settings ...]
+
+SRC is a data root in either layout (DICOM tree or image folder); the data settings are the
+`data.*` keys of the training config (e.g. `layout=folder image_size=256 mask_threshold=128
+'patient_regex=^([A-Z]+_\\d+)'`). OUT receives `train/`, `val/` and `test/` (litdata chunks; the
+training split ordered by the nested data_fraction subsets) and `medseg.json` (settings, counts,
+chunk sizes, a fingerprint of the sources). SRC is never written; a rerun with the same sources and
+settings does nothing. Train with `python train.py data=stream data.root=OUT`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from medseg.cli import run_cli
+from medseg.data.datamodule import SegmentationDataModule
+from medseg.data.dataset import MaskValueError
+from medseg.data.index import Sample
+from medseg.data.split import subset_patients
+from medseg.io import atomic_path
+from medseg.privacy import pseudonym, pseudonymous_path
+
+log = logging.getLogger(__name__)
+METADATA = "medseg.json"
+FORMAT_VERSION = 1
+SPLITS = ("train", "val", "test")
+SETTINGS = (
+    "layout",
+    "class_names",
+    "in_channels",
+    "image_size",
+    "size_policy",
+    "window",
+    "mask_mapping",
+    "mask_threshold",
+    "ignore_index",
+    "patient_regex",
+    "split",
+    "seed",
+)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One sample to encode, with everything a litdata worker needs."""
+
+    id: int
+    sample: Sample
+    root: Path
+    refused: Path
+
+
+def encode_item(item: Item, decode, dtype: str) -> dict | None:
+    """Decode one sample into a litdata item; None (and a line in refused.jsonl) when it cannot be read."""
+    try:
+        image, mask, meta = decode(item.sample, with_meta=True)
+    except (ValueError, OSError) as exc:
+        logging.getLogger(__name__).error("refused %s", exc)
+        kind = "mask_values" if isinstance(exc, MaskValueError) else "unreadable"
+        line = json.dumps({"id": item.id, "kind": kind, "reason": str(exc)}) + "\n"
+        fd = os.open(item.refused, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, line.encode())  # one write: lines from parallel workers never interleave
+        finally:
+            os.close(fd)
+        return None
+    pixels = (np.clip(image, 0, 1) * 255).round().astype(np.uint8) if dtype == "uint8" else image.astype(np.float16)
+    spacing = meta.pixel_spacing if meta is not None and meta.pixel_spacing else (math.nan, math.nan)
+    return {
+        "id": item.id,
+        "image": np.ascontiguousarray(pixels),
+        "mask": np.ascontiguousarray(mask.astype(np.uint8)),
+        "patient": pseudonym(item.sample.patient),
+        "series": pseudonym(meta.series_uid) if meta is not None else "",
+        "source": pseudonymous_path(item.sample.image.relative_to(item.root)),
+        "frame": int(item.sample.frame),
+        "spacing": [float(spacing[0]), float(spacing[1])],
+    }
+
+
+def fingerprint(samples: Sequence[Sample]) -> str:
+    """SHA-256 over every image and label file's path, size and modification time."""
+    digest = hashlib.sha256()
+    for path in sorted({p for s in samples for p in (s.image, s.mask)}):
+        stat = path.stat()
+        digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _chunks(folder: Path) -> list[dict]:
+    """The chunk files of one split with their sizes, as index.json lists them."""
+    index = json.loads((folder / "index.json").read_text())
+    return [{"filename": c["filename"], "bytes": (folder / c["filename"]).stat().st_size} for c in index["chunks"]]
+
+
+def _optimize(items: list[Item], folder: Path, decode, dtype: str, workers: int, chunk_bytes: str, compression) -> None:
+    from litdata import optimize
+
+    folder.mkdir(parents=True)
+    optimize(
+        fn=partial(encode_item, decode=decode, dtype=dtype),
+        inputs=items,
+        output_dir=str(folder),
+        num_workers=max(1, min(workers, len(items))),
+        chunk_bytes=chunk_bytes,
+        compression=compression,
+        reorder_files=False,
+        keep_data_ordered=True,  # chunk order = item order: data_fraction subsets are prefixes
+        verbose=False,
+        start_method="fork" if os.name == "posix" else None,
+    )
+
+
+def prepare(
+    src: str | Path,
+    out: str | Path,
+    workers: int = 1,
+    dtype: str = "float16",
+    chunk_bytes: str = "64MB",
+    compression: str | None = None,
+    **data: object,
+) -> dict:
+    """Write SRC as litdata chunks per split into OUT; returns the metadata written to OUT/medseg.json."""
+    if dtype not in ("float16", "uint8"):
+        raise ValueError(f"dtype must be float16 or uint8, got {dtype!r}")
+    src, out = Path(src).expanduser().resolve(), Path(out).expanduser().resolve()
+    if out == src or src in out.parents:
+        raise ValueError(f"{out}: the output must not be inside the source folder {src}")
+    dm = SegmentationDataModule(root=str(src), **data, preload=False, split_file=None, decode_cache=None)
+    dm.setup()
+    settings = {k: dm.hparams[k] for k in SETTINGS}
+    settings["image_size"] = list(dm.image_size)
+    settings["class_names"] = list(settings["class_names"])
+    settings["split"] = list(settings["split"])
+    source = fingerprint([s for items in dm.splits.values() for s in items])
+    current = read_metadata(out) if (out / METADATA).is_file() else None
+    if current and current["settings"] == json.loads(json.dumps(settings)) and current["source"] == source:
+        if all(verify_chunks(out, name, current) is None for name in SPLITS):
+            log.info("%s is up to date", out)
+            return current
+    if out.exists() and any(out.iterdir()) and not (out / METADATA).is_file() and not (out / ".partial").is_file():
+        raise FileExistsError(f"{out}: not empty and not a medseg-prepare output; choose an empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / ".partial").touch()
+    (out / METADATA).unlink(missing_ok=True)
+    rank = {p: i for i, p in enumerate(subset_patients(dm.patients["train"], 1.0, dm.hparams.seed))}
+    ordered = {
+        "train": sorted(dm.splits["train"], key=lambda s: rank[s.patient]),  # stable: slices keep their order
+        "val": dm.splits["val"],
+        "test": dm.splits["test"],
+    }
+    meta: dict = {"format": FORMAT_VERSION, "settings": settings, "source": source, "dtype": dtype, "splits": {}}
+    for name, samples in ordered.items():
+        folder = out / name
+        shutil.rmtree(folder, ignore_errors=True)
+        refused_file = out / f".{name}.refused.jsonl"
+        refused_file.unlink(missing_ok=True)
+        items = [Item(i, s, src, refused_file) for i, s in enumerate(samples)]
+        if items:
+            _optimize(items, folder, dm._prepare, dtype, workers, chunk_bytes, compression)
+        refused = [json.loads(line) for line in refused_file.read_text().splitlines()] if refused_file.is_file() else []
+        refused_file.unlink(missing_ok=True)
+        if any(r["kind"] == "mask_values" for r in refused):
+            raise MaskValueError(next(r["reason"] for r in refused if r["kind"] == "mask_values"))
+        if refused and dm.hparams.strict:
+            raise ValueError(refused[0]["reason"])
+        dropped = {r["id"] for r in refused}
+        kept = [s for i, s in enumerate(samples) if i not in dropped]
+        per_patient = Counter(s.patient for s in kept)
+        meta["splits"][name] = {
+            "items": len(kept),
+            "patients": len(per_patient),
+            "refused": len(dropped),
+            "chunks": _chunks(folder) if kept else [],
+            # slices of every training patient in data_fraction order (subset_patients takes prefixes of it)
+            "patient_items": [per_patient[p] for p in sorted(rank, key=rank.get)] if name == "train" else [],
+        }
+        log.info("%s: %d patients, %d slices, %d refused", name, len(per_patient), len(kept), len(dropped))
+    if not meta["splits"]["train"]["items"] or not meta["splits"]["val"]["items"]:
+        raise ValueError(f"{src}: no decodable samples left in the train or val split; see the errors above")
+    with atomic_path(out / METADATA) as tmp:
+        tmp.write_text(json.dumps(meta, indent=1))
+    (out / ".partial").unlink(missing_ok=True)
+    return meta
+
+
+def read_metadata(root: str | Path) -> dict:
+    """OUT/medseg.json of a prepared folder (local path or fsspec URL), validated as plain data."""
+    import fsspec
+
+    url = f"{str(root).rstrip('/')}/{METADATA}"
+    try:
+        with fsspec.open(url, "r") as handle:
+            meta = json.load(handle)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{root}: not a prepared dataset (no {METADATA}); run medseg-prepare first") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{url}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION or set(meta.get("splits", {})) != set(SPLITS):
+        raise ValueError(f"{url}: not a medseg-prepare metadata file of format {FORMAT_VERSION}")
+    return meta
+
+
+def verify_chunks(root: str | Path, split: str, meta: dict) -> str | None:
+    """None when every chunk of SPLIT is present with its recorded size, else a one-line problem naming the file."""
+    folder = Path(root) / split
+    for chunk in meta["splits"][split]["chunks"]:
+        path = folder / chunk["filename"]
+        if not path.is_file():
+            return f"{path}: chunk missing"
+        if path.stat().st_size != chunk["bytes"]:
+            return f"{path}: chunk is {path.stat().st_size} bytes, {chunk['bytes']} were written: corrupt or truncated"
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(prog="medseg-prepare", description=__doc__.splitlines()[0])
+    parser.add_argument("src", type=Path, help="data root (DICOM tree or image folder)")
+    parser.add_argument("out", type=Path, help="output folder for the prepared chunks")
+    parser.add_argument("settings", nargs="*", help="data settings as key=value (YAML values), as data.* in training")
+    parser.add_argument("--workers", type=int, default=1, help="parallel decoding processes")
+    parser.add_argument("--dtype", choices=["float16", "uint8"], default="float16", help="stored image type")
+    parser.add_argument("--chunk-bytes", default="64MB")
+    parser.add_argument("--compression", choices=["zstd"], default=None)
+    parser.add_argument("--debug", action="store_true", help="full tracebacks")
+    args = parser.parse_intermixed_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("litdata").setLevel(logging.WARNING)
+    data = {}
+    for item in args.settings:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"setting {item!r} is not key=value")
+        data[key.removeprefix("data.")] = yaml.safe_load(value)
+    meta = run_cli(
+        "medseg-prepare",
+        args.debug,
+        lambda: prepare(args.src, args.out, args.workers, args.dtype, args.chunk_bytes, args.compression, **data),
+    )
+    print(json.dumps({k: {f: v[f] for f in ("patients", "items", "refused")} for k, v in meta["splits"].items()}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""Prepared, streamed data (litdata): prepare, train, DDP sharding, mid-epoch resume, fractions, corrupt chunks."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import open_dict
+
+from medseg.data.datamodule import SegmentationDataModule
+from medseg.data.stream import StreamDataModule
+from medseg.prepare import prepare, read_metadata
+from medseg.privacy import pseudonym
+from medseg.training import train
+
+from .helpers import REPO, read_ids, run_train
+
+SIZE = 64
+
+
+@pytest.fixture(scope="session")
+def prepared(demo_root, tmp_path_factory) -> Path:
+    """The demo dataset prepared at 64 px with two workers."""
+    out = tmp_path_factory.mktemp("prepared") / "demo"
+    prepare(demo_root, out, workers=2, image_size=SIZE)
+    return out
+
+
+def stream_cfg(make_cfg, prepared: Path, extra: list[str], out: Path):
+    return make_cfg(
+        ["data=stream", f"data.root={prepared}", "data.batch_size=4", "model.log_images=false", *extra], out
+    )
+
+
+def record_ids(cfg, path: Path) -> None:
+    with open_dict(cfg):
+        cfg.callbacks.record_ids = {"_target_": "tests.helpers.RecordIds", "path": str(path)}
+
+
+def test_prepare_writes_splits_and_reruns_as_noop(prepared, demo_root):
+    meta = read_metadata(prepared)
+    assert {k: v["items"] for k, v in meta["splits"].items()} == {"train": 64, "val": 16, "test": 16}
+    assert meta["settings"]["image_size"] == [SIZE, SIZE] and meta["splits"]["train"]["patient_items"] == [8] * 8
+    stamp = (prepared / "medseg.json").stat().st_mtime_ns
+    chunks = {p: p.stat().st_mtime_ns for p in prepared.rglob("*.bin")}
+    again = prepare(demo_root, prepared, workers=1, image_size=SIZE)
+    assert again == meta and (prepared / "medseg.json").stat().st_mtime_ns == stamp
+    assert chunks == {p: p.stat().st_mtime_ns for p in prepared.rglob("*.bin")}
+    text = " ".join(p.read_text(errors="ignore") for p in prepared.rglob("*") if p.is_file())
+    assert "DEMO-" not in text  # patients only as keyed pseudonyms
+
+
+def test_stream_trains_with_fast_dev_run(make_cfg, prepared, tmp_path):
+    cfg = stream_cfg(make_cfg, prepared, ["trainer.fast_dev_run=true"], tmp_path / "run")
+    assert cfg.data.class_names == ["background", "organ", "lesion"] and cfg.data.image_size == [SIZE, SIZE]
+    _, metrics = train(cfg)
+    assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+
+
+def test_data_fraction_selects_the_same_patients_as_in_memory(prepared, demo_root):
+    memory = SegmentationDataModule(root=str(demo_root), image_size=SIZE, split_file=None, preload=False)
+    memory.setup()
+    stream = StreamDataModule(str(prepared))
+    for fraction in (0.2, 0.6, 1.0):
+        memory.data_fraction = stream.data_fraction = fraction
+        expected = Counter(pseudonym(s.patient) for s in memory.train_samples())
+        dataset = stream.dataset("train")
+        seen = Counter(dataset[i]["patient"] for i in range(len(dataset)))
+        assert seen == expected, fraction
+
+
+def test_ddp_sim_sees_every_training_sample_once_per_epoch(make_cfg, prepared, tmp_path):
+    cfg = stream_cfg(
+        make_cfg, prepared, ["trainer=ddp_sim", "stage.stages.0.epochs=2", "test=false", "data.num_workers=0"], tmp_path
+    )
+    record_ids(cfg, tmp_path / "ids.jsonl")
+    train(cfg)
+    records = read_ids(tmp_path / "ids.jsonl")
+    for epoch in (0, 1):
+        per_rank = {r: [i for x in records if x["epoch"] == epoch and x["rank"] == r for i in x["ids"]] for r in (0, 1)}
+        assert len(per_rank[0]) == len(per_rank[1]) == 32  # sharded: half each
+        assert sorted(per_rank[0] + per_rank[1]) == list(range(64))  # every sample exactly once
+    first = [i for x in records if x["epoch"] == 0 for i in x["ids"]]
+    second = [i for x in records if x["epoch"] == 1 for i in x["ids"]]
+    assert first != second  # reshuffled per epoch
+
+
+def test_corrupt_chunk_is_named_in_one_line(prepared, tmp_path, cache_dir):
+    broken = tmp_path / "broken"
+    shutil.copytree(prepared, broken)
+    chunk = sorted((broken / "train").glob("*.bin"))[0]
+    chunk.write_bytes(chunk.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        StreamDataModule(str(broken)).setup("fit")
+    result = run_train(
+        ["data=stream", f"data.root={broken}", "trainer.fast_dev_run=true", f"hydra.run.dir={tmp_path / 'run'}"],
+        cache_dir,
+        check=False,
+    )
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert str(chunk) in lines[0] and "corrupt or truncated" in lines[0]
+
+
+def _last_step(checkpoint: Path) -> int | None:
+    try:
+        return torch.load(checkpoint, map_location="cpu", weights_only=True)["global_step"]
+    except Exception:  # absent or being replaced
+        return None
+
+
+@pytest.mark.slow
+def test_killed_mid_epoch_resumes_without_repeating_or_skipping(prepared, cache_dir, tmp_path):
+    run, resumed = tmp_path / "run", tmp_path / "resumed"
+    args = [
+        "data=stream",
+        f"data.root={prepared}",
+        "data.batch_size=4",  # 64 training slices: 16 steps per epoch
+        "stage.stages.0.epochs=2",
+        "callbacks.step_checkpoint.every_n_train_steps=3",
+        "callbacks.progress_bar=null",
+        "test=false",
+        "model.log_images=false",
+        "+callbacks.record_ids._target_=tests.helpers.RecordIds",
+        "+callbacks.record_ids.delay=0.3",
+    ]
+    env = {**os.environ, "MEDSEG_CACHE": str(cache_dir)}
+    cmd = [sys.executable, "train.py", *args, f"hydra.run.dir={run}", f"+callbacks.record_ids.path={run}.jsonl"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = run / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            step = _last_step(last)
+            if step is not None and 16 < step < 30:  # a step checkpoint inside the second epoch
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait()
+    saved = _last_step(last)
+    assert saved is not None and 16 < saved < 32, saved
+    run_train(
+        [*args, f"hydra.run.dir={resumed}", f"+callbacks.record_ids.path={resumed}.jsonl", f"ckpt_path={last}"],
+        cache_dir,
+    )
+    first, second = read_ids(f"{run}.jsonl"), read_ids(f"{resumed}.jsonl")
+    assert second[0]["step"] == saved + 1  # the resumed run starts right after the checkpoint
+    before = [r for r in first if r["epoch"] == 1 and r["step"] <= saved]
+    after = [r for r in second if r["epoch"] == 1]
+    epoch = [i for r in before + after for i in r["ids"]]
+    assert sorted(epoch) == list(range(64)), (len(epoch), Counter(epoch).most_common(3))
+    final = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert final["global_step"] == 32
+    assert json.loads(json.dumps(final["loops"]["fit_loop"]["epoch_progress"]["current"]))["processed"] == 2
