@@ -64,8 +64,11 @@ def check_targets(tree: Any, source: str, where: str = "") -> None:
             check_targets(value, source, f"{where}[{i}]")
 
 
-def load_checkpoint(path: str | os.PathLike, allow_remote: bool = False) -> dict:
-    """A Lightning checkpoint loaded weights-only and validated: no pickles, no code named in its hyper-parameters."""
+def load_checkpoint(path: str | os.PathLike, allow_remote: bool = False, lightning: bool = True) -> dict:
+    """A checkpoint loaded weights-only and validated: no pickles, no code named in its hyper-parameters.
+
+    With LIGHTNING, it must be a Lightning checkpoint (a state_dict and hyper-parameters).
+    """
     if is_url(path) and not allow_remote:
         raise UnsafeCheckpoint(f"{path}: refused: remote checkpoint (set allow_remote_checkpoints=true to load it)")
     if not is_url(path) and not Path(path).expanduser().is_file():
@@ -81,7 +84,7 @@ def load_checkpoint(path: str | os.PathLike, allow_remote: bool = False) -> dict
     except Exception as exc:  # pickle payloads, truncation, other formats
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {first[:200]})") from None
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), Mapping):
+    if not isinstance(checkpoint, dict) or (lightning and not isinstance(checkpoint.get("state_dict"), Mapping)):
         raise ValueError(f"{path}: not a Lightning checkpoint (no state_dict)")
     for key in ("hyper_parameters", "datamodule_hyper_parameters"):
         check_targets(checkpoint.get(key, {}), str(path), key)
@@ -102,5 +105,5 @@ class SafeCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, tmp)
 
     def load_checkpoint(self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None):
-        """Load with load_checkpoint (weights-only, allow-listed hyper-parameters)."""
-        return load_checkpoint(path, self.allow_remote)
+        """Load with load_checkpoint (weights-only, allow-listed hyper-parameters; DDP-spawn weight files too)."""
+        return load_checkpoint(path, self.allow_remote, lightning=False)

@@ -93,7 +93,11 @@ def validate_config(cfg: DictConfig) -> None:
             "three non-negative fractions [train, val, test]",
         )
     for i, stage in enumerate(cfg.stage.stages):
-        checks[f"stage.stages.{i}.epochs"] = (stage.get("epochs"), _positive_int, "a positive integer")
+        checks[f"stage.stages.{i}.epochs"] = (
+            stage.get("epochs"),
+            lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+            "an integer >= 0",
+        )
         checks[f"stage.stages.{i}.lr"] = (stage.get("lr"), lambda v: _number(v) and v > 0, "a positive number")
     for key, (value, ok, expected) in checks.items():
         value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value

@@ -29,6 +29,7 @@ from PIL import Image
 from pydicom.errors import InvalidDicomError
 from rich.progress import track
 
+from medseg.cli import run_cli
 from medseg.data.dataset import load_mask
 from medseg.data.dicom import NoPixelData, read_frames
 from medseg.data.index import Sample, patient_key
@@ -191,6 +192,9 @@ def convert(
     files = [p for p in sorted(src.rglob("*")) if p.is_file() and (src / "masks") not in p.parents]
     jobs = [Job(p, src, dst, labels, window, jpeg, previous) for p in files]
     report = Report()
+    pydicom_log = logging.getLogger("pydicom")
+    level = pydicom_log.level
+    pydicom_log.setLevel(logging.CRITICAL)  # its decoder tracebacks; each refusal gets one line of ours
     executor = ProcessPoolExecutor(workers) if workers > 1 else None
     results = executor.map(convert_file, jobs, chunksize=8) if executor else map(convert_file, jobs)
     try:
@@ -207,6 +211,7 @@ def convert(
     finally:
         if executor:
             executor.shutdown(cancel_futures=True)
+        pydicom_log.setLevel(level)
         _write_outputs(report.rows, dst, split, seed)  # --strict too: the manifest lists what was written
     written = {r["stem"] for r in report.rows}
     report.orphans = sorted(
@@ -247,12 +252,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--jpeg", action="store_true", help="write JPEG instead of lossless PNG")
     parser.add_argument("--strict", action="store_true", help="stop at the first undecodable file")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--debug", action="store_true", help="full tracebacks")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     window = args.window
     if window and "," in window:
         window = [float(v) for v in window.split(",")]
-    report = convert(args.src, args.dst, window, args.workers, args.jpeg, args.strict, seed=args.seed)
+    report = run_cli(
+        "medseg-convert",
+        args.debug,
+        lambda: convert(args.src, args.dst, window, args.workers, args.jpeg, args.strict, seed=args.seed),
+    )
     print(report.summary())
 
 

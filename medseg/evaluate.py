@@ -23,11 +23,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torchmetrics.functional.segmentation import dice_score, mean_iou
 
+from medseg.cli import run_cli
 from medseg.data.dataset import load_image_meta, load_mask
 from medseg.data.index import Sample, index_dicom, index_folder
 from medseg.inference import Predictor
 from medseg.io import atomic_path
-from medseg.privacy import pseudonym
+from medseg.privacy import pseudonym, pseudonymous_path
 from medseg.visualize import overlay_grid
 
 
@@ -59,6 +60,7 @@ def evaluate(
     model: str | Path,
     data_dir: str | Path,
     out: str | Path,
+    *,
     mask_threshold: int | None = None,
     mask_mapping: dict | None = None,
     worst: int = 5,
@@ -128,8 +130,8 @@ def split_samples(samples: list[Sample], data_dir: Path, split_file: str | Path,
     splits = json.loads(Path(split_file).read_text())["splits"]
     if split not in splits:
         raise ValueError(f"{split_file}: no split {split!r}; it holds {sorted(splits)}")
-    wanted = {item["image"] for item in splits[split]}
-    chosen = [s for s in samples if str(s.image.relative_to(data_dir)) in wanted]
+    wanted = {(item["image"], item.get("frame", 0)) for item in splits[split]}
+    chosen = [s for s in samples if (pseudonymous_path(s.image.relative_to(data_dir)), s.frame) in wanted]
     if not chosen:
         raise ValueError(f"{split_file}: none of its {split!r} images are under {data_dir}")
     return chosen
@@ -156,17 +158,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--worst", type=int, default=5, help="how many worst-case overlays to write")
     parser.add_argument("--split-file", type=Path, default=None, help="a run's split.json: evaluate one of its splits")
     parser.add_argument("--split", default="test", help="which split of --split-file (default: test)")
+    parser.add_argument("--debug", action="store_true", help="full tracebacks")
     args = parser.parse_args(argv)
-    evaluate(
-        args.model,
-        args.data_dir,
-        args.out,
-        args.mask_threshold,
-        args.mask_mapping,
-        args.worst,
-        args.patient_regex,
-        args.split_file,
-        args.split,
+    run_cli(
+        "medseg-eval",
+        args.debug,
+        lambda: evaluate(
+            args.model,
+            args.data_dir,
+            args.out,
+            mask_threshold=args.mask_threshold,
+            mask_mapping=args.mask_mapping,
+            worst=args.worst,
+            patient_regex=args.patient_regex,
+            split_file=args.split_file,
+            split=args.split,
+        ),
     )
     with open(args.out / "summary.csv") as handle:
         print(handle.read())

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import torch
 
+from medseg.cli import run_cli
 from medseg.inference import METADATA_KEY, ModelInfo, Predictor, load_checkpoint_module
 from medseg.io import atomic_path
 
@@ -96,15 +97,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--tolerance", type=float, default=0.02, help="max validation Dice drop for INT8")
     parser.add_argument("--calibration-batches", type=int, default=8)
     parser.add_argument("--data-root", default=None, help="data root for calibration (default: the training data)")
+    parser.add_argument("--debug", action="store_true", help="full tracebacks")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    path, errors = export_checkpoint(args.checkpoint, args.out, args.atol)
+    path, errors = run_cli("medseg-export", args.debug, lambda: export_checkpoint(args.checkpoint, args.out, args.atol))
     print(f"wrote {path}; ONNX Runtime vs PyTorch max |diff| per size: {', '.join(f'{e:.1e}' for e in errors)}")
     if args.int8:
         from medseg.quantize import quantize_checkpoint_model
 
-        report = quantize_checkpoint_model(
-            args.checkpoint, path, args.tolerance, args.calibration_batches, args.data_root
+        report = run_cli(
+            "medseg-export",
+            args.debug,
+            lambda: quantize_checkpoint_model(
+                args.checkpoint, path, args.tolerance, args.calibration_batches, args.data_root
+            ),
         )
         print(report.summary())
         if not report.accepted:

@@ -69,7 +69,11 @@ class Predictor:
             options = ort.SessionOptions()
             if threads:
                 options.intra_op_num_threads = threads
-            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+            try:
+                self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+            except Exception as exc:  # not ONNX, truncated, unsupported operators
+                message = " ".join(str(exc).split())[:200]
+                raise ValueError(f"{self.path}: not a readable ONNX model ({type(exc).__name__}: {message})") from None
             meta = self.session.get_modelmeta().custom_metadata_map
             if METADATA_KEY not in meta:
                 raise ValueError(f"{self.path}: no '{METADATA_KEY}' metadata; export it with medseg-export")

@@ -15,7 +15,8 @@ def segmentation_metrics(num_classes: int, prefix: str = "") -> MetricCollection
             dice=DiceScore(
                 num_classes, include_background=False, average="none", aggregation_level="global", input_format="index"
             ),
-            iou=MulticlassJaccardIndex(num_classes, average="none"),
+            # a class absent from both prediction and reference is NaN (left out of means), as for Dice
+            iou=MulticlassJaccardIndex(num_classes, average="none", zero_division=float("nan")),
         ),
         prefix=prefix,
     )

@@ -21,6 +21,7 @@ from PIL import Image
 from rich.progress import track
 
 from medseg import __version__
+from medseg.cli import run_cli
 from medseg.data.dataset import load_image
 from medseg.data.dicom import slice_position
 from medseg.data.index import IMAGE_SUFFIXES, Sample
@@ -44,13 +45,23 @@ def find_inputs(path: Path) -> list[Path]:
     return files
 
 
-def group_series(files: Sequence[Path]) -> dict[str, list[tuple[Path, pydicom.Dataset]]]:
-    """DICOM files grouped by SeriesInstanceUID and ordered along the slice normal."""
+def group_series(files: Sequence[Path], skipped: list | None = None) -> dict[str, list[tuple[Path, pydicom.Dataset]]]:
+    """DICOM files grouped by SeriesInstanceUID and ordered along the slice normal; unreadable ones go to SKIPPED."""
     series: dict[str, list[tuple[Path, pydicom.Dataset]]] = defaultdict(list)
     for path in files:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception as exc:  # not DICOM, truncated
+            _skip(skipped, path, f"not a readable DICOM file ({type(exc).__name__})")
+            continue
         series[str(ds.get("SeriesInstanceUID", path.parent))].append((path, ds))
     return {uid: sorted(items, key=lambda item: slice_position(item[1])) for uid, items in series.items()}
+
+
+def _skip(skipped: list | None, path: Path, reason: str) -> None:
+    log.error("skipped %s: %s", path, reason)
+    if skipped is not None:
+        skipped.append((path, reason))
 
 
 def save_mask_and_overlay(image: np.ndarray, mask: np.ndarray, out: Path, name: str) -> None:
@@ -148,14 +159,20 @@ def predict(
     files = find_inputs(Path(source))
     dicoms = [p for p in files if p.suffix.lower() == ".dcm"]
     images = [p for p in files if p.suffix.lower() != ".dcm"]
-    segs = []
-    for uid, items in group_series(dicoms).items():
-        masks = []
-        for index, (path, _) in enumerate(track(items, description=f"series {pseudonym(uid)}")):
-            image = load_image(Sample(path, path, "", "dicom"), info.in_channels, info.window)
+    segs, skipped = [], []
+    for uid, items in group_series(dicoms, skipped).items():
+        masks, sources = [], []
+        for path, _ in track(items, description=f"series {pseudonym(uid)}"):
+            try:
+                image = load_image(Sample(path, path, "", "dicom"), info.in_channels, info.window)
+            except ValueError as exc:  # no pixel data, undecodable
+                _skip(skipped, path, str(exc).split(": ", 1)[-1])
+                continue
             masks.append(predictor.segment(image, policy))
-            save_mask_and_overlay(image, masks[-1], out, f"{pseudonym(uid)}_{index:04d}")
-        sources = [p for p, _ in items]
+            save_mask_and_overlay(image, masks[-1], out, f"{pseudonym(uid)}_{len(sources):04d}")
+            sources.append(path)
+        if not sources:
+            continue
         try:
             segs.append(write_seg(sources, masks, info.class_names, out))
         except Exception as exc:  # e.g. sources without the geometry a SEG needs
@@ -163,8 +180,14 @@ def predict(
         if nifti:
             segs.append(write_nifti(sources, masks, out))
     for path in track(images, description="images"):
-        image = load_image(Sample(path, path, "", "image"), info.in_channels)
+        try:
+            image = load_image(Sample(path, path, "", "image"), info.in_channels)
+        except ValueError as exc:
+            _skip(skipped, path, str(exc).split(": ", 1)[-1])
+            continue
         save_mask_and_overlay(image, predictor.segment(image, policy), out, path.stem)
+    if skipped:
+        log.warning("%d input files skipped (see the lines above)", len(skipped))
     return segs
 
 
@@ -181,9 +204,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="resize to the training size, or slide training-size windows at native resolution",
     )
     parser.add_argument("--nifti", action="store_true", help="also write each DICOM series' labels as .nii.gz")
+    parser.add_argument("--debug", action="store_true", help="full tracebacks")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    written = predict(args.model, args.input, args.out, args.policy, args.nifti)
+    written = run_cli(
+        "medseg-predict", args.debug, lambda: predict(args.model, args.input, args.out, args.policy, args.nifti)
+    )
     print(f"wrote masks and overlays to {args.out}" + "".join(f"\n{p}" for p in written))
 
 

@@ -68,12 +68,14 @@ class _BatchReader(CalibrationDataReader):
 def validation_batches(checkpoint: str | Path, data_root: str | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """(images, masks) batches of the checkpoint's validation split, rebuilt from its data settings."""
     from medseg.data.datamodule import SegmentationDataModule
+    from medseg.data.stream import StreamDataModule
 
     state = load_checkpoint(checkpoint)
     hparams = dict(state["datamodule_hyper_parameters"], split_file=None)
     if data_root:
         hparams["root"] = data_root
-    datamodule = SegmentationDataModule(**hparams)
+    streamed = "layout" not in hparams  # trained with data=stream from a prepared folder
+    datamodule = StreamDataModule(**hparams) if streamed else SegmentationDataModule(**hparams)
     datamodule.setup("validate")
     return [(b["image"].numpy(), b["mask"].numpy()) for b in datamodule.val_dataloader()]
 

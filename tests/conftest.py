@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,10 @@ from medseg.data.synthetic import ensure_demo_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 CXR_LUNG = REPO.parent / "shared" / "data" / "cxr_lung"
+
+# The tests' own pseudonymisation secret, never the user's: a key file in a fresh temporary folder.
+os.environ.pop("MEDSEG_SECRET", None)
+os.environ["MEDSEG_KEY_FILE"] = str(Path(tempfile.mkdtemp(prefix="medseg-key-")) / "secret.key")
 
 
 @pytest.fixture(scope="session")

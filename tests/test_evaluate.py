@@ -66,7 +66,7 @@ def test_eval_cli_on_demo_dicom(demo_checkpoint, demo_root, tmp_path, capsys):
     assert len(list((tmp_path / "worst").glob("*.png"))) == 3
 
 
-def test_eval_cli_restricted_to_a_runs_test_split(demo_checkpoint, demo_root, tmp_path):
+def test_eval_cli_restricted_to_a_runs_test_split(demo_checkpoint, demo_root, tmp_path, capsys):
     split_file = demo_checkpoint.parent.parent / "split.json"
     test_images = json.loads(split_file.read_text())["splits"]["test"]
     args = [str(demo_checkpoint), str(demo_root), "--out", str(tmp_path), "--split-file", str(split_file)]
@@ -74,5 +74,6 @@ def test_eval_cli_restricted_to_a_runs_test_split(demo_checkpoint, demo_root, tm
     with open(tmp_path / "cases.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert 0 < len(test_images) < 96 and len(rows) == 2 * len(test_images)
-    with pytest.raises(ValueError, match="no split 'holdout'"):
+    with pytest.raises(SystemExit):
         main([*args, "--split", "holdout"])
+    assert "no split 'holdout'" in capsys.readouterr().err

@@ -54,6 +54,7 @@ def _stage_of(checkpoint: Path) -> tuple[int | None, int]:
     return stage, state["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
 
 
+@pytest.mark.slow
 def test_killed_progressive_run_resumes_in_stage_two(cache_dir, tmp_path):
     run = tmp_path / "killed"
     args = [

@@ -37,6 +37,7 @@ def run_cli(args: list[str], cache_dir: Path, timeout: int = 300) -> subprocess.
     return result
 
 
+@pytest.mark.slow
 def test_backbone_multirun_and_report(cache_dir, tmp_path, capsys):
     sweep = tmp_path / "sweep"
     run_cli(
@@ -67,6 +68,7 @@ def test_model_table_counts_real_flops(capsys):
     assert gflops["convnext_tiny"] > gflops["resnet18"] > gflops["mobilenetv3"] > 0
 
 
+@pytest.mark.slow
 def test_ddp_sim_logs_the_global_metric(make_cfg, tmp_path):
     cfg = make_cfg(["trainer=ddp_sim", "stage.stages.0.epochs=1", "test=false", *TINY], tmp_path / "ddp")
     metric, _ = train(cfg)
@@ -98,6 +100,7 @@ def test_slurm_launcher_config_composes():
     assert launcher.timeout_min > 0
 
 
+@pytest.mark.slow
 def test_optuna_search_runs_two_trials(cache_dir, tmp_path):
     sweep = tmp_path / "optuna"
     run_cli(
@@ -127,6 +130,7 @@ def _progress(checkpoint: Path) -> tuple[int, int] | None:
     return state["global_step"], state["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
 
 
+@pytest.mark.slow
 def test_killed_mid_epoch_resumes_and_finishes(cache_dir, tmp_path):
     run, resumed = tmp_path / "run", tmp_path / "resumed"
     # 64 training slices, batch 4 -> 16 steps per epoch; last.ckpt every 3 steps

@@ -78,6 +78,7 @@ def test_data_fraction_selects_the_same_patients_as_in_memory(prepared, demo_roo
         assert seen == expected, fraction
 
 
+@pytest.mark.slow
 def test_ddp_sim_sees_every_training_sample_once_per_epoch(make_cfg, prepared, tmp_path):
     cfg = stream_cfg(
         make_cfg, prepared, ["trainer=ddp_sim", "stage.stages.0.epochs=2", "test=false", "data.num_workers=0"], tmp_path
@@ -94,13 +95,21 @@ def test_ddp_sim_sees_every_training_sample_once_per_epoch(make_cfg, prepared, t
     assert first != second  # reshuffled per epoch
 
 
-def test_corrupt_chunk_is_named_in_one_line(prepared, tmp_path, cache_dir):
+def test_corrupt_chunk_is_named(prepared, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(prepared, broken)
     chunk = sorted((broken / "train").glob("*.bin"))[0]
     chunk.write_bytes(chunk.read_bytes()[:1000])
     with pytest.raises(ValueError, match="corrupt or truncated"):
         StreamDataModule(str(broken)).setup("fit")
+
+
+@pytest.mark.slow
+def test_corrupt_chunk_ends_train_py_in_one_line(prepared, tmp_path, cache_dir):
+    broken = tmp_path / "broken"
+    shutil.copytree(prepared, broken)
+    chunk = sorted((broken / "train").glob("*.bin"))[0]
+    chunk.write_bytes(chunk.read_bytes()[:1000])
     result = run_train(
         ["data=stream", f"data.root={broken}", "trainer.fast_dev_run=true", f"hydra.run.dir={tmp_path / 'run'}"],
         cache_dir,

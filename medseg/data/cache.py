@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import numpy as np
 
 from medseg.data.index import Sample
 from medseg.io import atomic_path
+
+log = logging.getLogger(__name__)
 
 
 class DecodeCache:
@@ -43,8 +46,11 @@ class DecodeCache:
         if self.directory is not None:
             path = self.directory / key[:2] / f"{key}.npz"
             if path.is_file():
-                with np.load(path) as data:
-                    self._memory[key] = (data["image"], data["mask"])
+                try:
+                    with np.load(path) as data:
+                        self._memory[key] = (data["image"], data["mask"])
+                except (OSError, ValueError, KeyError):  # a damaged cache file is decoded again
+                    return None
                 return self._memory[key]
         return None
 
@@ -54,9 +60,13 @@ class DecodeCache:
         entry = (image.astype(np.float16), mask.astype(np.uint8))
         self._memory[key] = entry
         if self.directory is not None:
-            with atomic_path(self.directory / key[:2] / f"{key}.npz") as tmp:
-                with open(tmp, "wb") as handle:
-                    np.savez(handle, image=entry[0], mask=entry[1])
+            try:
+                with atomic_path(self.directory / key[:2] / f"{key}.npz") as tmp:
+                    with open(tmp, "wb") as handle:
+                        np.savez(handle, image=entry[0], mask=entry[1])
+            except OSError as exc:  # full or read-only disk: the cache is an optimisation, never a filter
+                log.warning("decode cache %s not writable (%s); continuing without it", self.directory, exc)
+                self.directory = None
         return entry
 
     def __len__(self) -> int:

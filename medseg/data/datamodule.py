@@ -28,7 +28,7 @@ from medseg.data.split import split_patients, subset_patients
 from medseg.data.synthetic import CLASS_NAMES as DEMO_CLASSES
 from medseg.data.synthetic import ensure_demo_dataset
 from medseg.io import atomic_path
-from medseg.privacy import pseudonym
+from medseg.privacy import pseudonym, pseudonymous_path
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,7 @@ class SegmentationDataModule(L.LightningDataModule):
         preload: bool = True,
         strict: bool = False,
         split_file: str | None = None,
+        max_dropped: Mapping[str, int | None] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -127,6 +128,11 @@ class SegmentationDataModule(L.LightningDataModule):
         parts = split_patients([s.patient for s in samples], hp.split, hp.seed)
         self.patients = parts
         self.splits = {name: [s for s in samples if s.patient in set(ids)] for name, ids in parts.items()}
+        shared = {s.patient for s in self.splits["train"]} & {
+            s.patient for s in self.splits["val"] + self.splits["test"]
+        }
+        if shared or {s.patient for s in self.splits["val"]} & {s.patient for s in self.splits["test"]}:
+            raise RuntimeError("a patient landed in two splits; the split is by the same key it checks")
         self.root = root
         self._prepare = partial(
             decode_sample,
@@ -150,8 +156,11 @@ class SegmentationDataModule(L.LightningDataModule):
             self.write_split(hp.split_file)
 
     def preload(self) -> None:
-        """Decode every sample once into the cache; failures are logged per file and dropped (raised if strict)."""
-        failures = []
+        """Decode every sample once into the cache; failures are logged per file and dropped (raised if strict).
+
+        `max_dropped` caps the samples a split may lose (default: none for val and test, any for train).
+        """
+        failures: dict[str, list[Sample]] = {name: [] for name in self.splits}
         for name, items in self.splits.items():
             dataset = SliceDataset(items, self._prepare, self._cache)
             kept = []
@@ -163,25 +172,37 @@ class SegmentationDataModule(L.LightningDataModule):
                     if self.hparams.strict or isinstance(exc, MaskValueError):
                         raise
                     log.error("%s", exc)
-                    failures.append(sample)
+                    failures[name].append(sample)
             self.splits[name] = kept
         empty = [name for name, items in self.splits.items() if not items and name != "test"]
         if empty:
             raise ValueError(f"no decodable samples left in split(s) {empty}; see the errors above")
-        if failures:
-            log.warning(
-                "%d of %d samples could not be decoded and were left out",
-                len(failures),
-                len(failures) + sum(len(v) for v in self.splits.values()),
-            )
+        limits = {"train": None, "val": 0, "test": 0, **(self.hparams.max_dropped or {})}
+        for name, dropped in failures.items():
+            if not dropped:
+                continue
+            total = len(dropped) + len(self.splits[name])
+            log.warning("%s: %d of %d samples could not be decoded and were left out", name, len(dropped), total)
+            if limits.get(name) is not None and len(dropped) > limits[name]:
+                raise ValueError(
+                    f"{len(dropped)} {name} samples could not be decoded (data.max_dropped.{name}={limits[name]}); "
+                    f"first: {dropped[0].image}"
+                )
 
     def write_split(self, path: str | os.PathLike) -> None:
-        """Write the split (hashed patients, image paths relative to the root) as JSON, atomically."""
+        """Write the split as JSON, atomically: keyed pseudonyms of patients and of every image path component."""
         payload = {
             "seed": self.hparams.seed,
             "fractions": list(self.hparams.split),
             "splits": {
-                name: [{"patient": pseudonym(s.patient), "image": str(s.image.relative_to(self.root))} for s in items]
+                name: [
+                    {
+                        "patient": pseudonym(s.patient),
+                        "image": pseudonymous_path(s.image.relative_to(self.root)),
+                        "frame": s.frame,
+                    }
+                    for s in items
+                ]
                 for name, items in self.splits.items()
             },
         }

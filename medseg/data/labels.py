@@ -14,8 +14,11 @@ from medseg.data.dicom import SliceMeta
 
 def read_png(path: Path) -> np.ndarray:
     """Raw label values of a PNG (palette indices for palette images)."""
-    with Image.open(path) as im:
-        return np.asarray(im if im.mode in ("L", "P", "I", "I;16") else im.convert("L"))
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im if im.mode in ("L", "P", "I", "I;16") else im.convert("L"))
+    except (OSError, SyntaxError) as exc:
+        raise ValueError(f"{path}: cannot read label image ({exc})") from None
 
 
 @lru_cache(maxsize=8)

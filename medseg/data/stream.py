@@ -56,6 +56,8 @@ class StreamDataModule(L.LightningDataModule):
         class_names: Sequence[str] | None = None,
         in_channels: int | None = None,
         image_size: int | Sequence[int] | None = None,
+        size_policy: str | None = None,
+        window: str | Sequence[float] | None = None,
         ignore_index: int = 255,
         seed: int = 42,
         batch_size: int = 8,
@@ -75,13 +77,15 @@ class StreamDataModule(L.LightningDataModule):
         self._check("in_channels", in_channels, settings["in_channels"])
         size = [image_size, image_size] if isinstance(image_size, int) else image_size
         self._check("image_size", None if size is None else list(size), settings["image_size"])
+        self._check("size_policy", size_policy, settings["size_policy"])
+        self._check("window", window, settings["window"])
         self.class_names = list(settings["class_names"])
         self.image_size = tuple(settings["image_size"])
         self.data_fraction = data_fraction
         self.aug_strength = aug_strength
 
     def _check(self, key: str, given, prepared) -> None:
-        if given is not None and list(np.atleast_1d(given)) != list(np.atleast_1d(prepared)):
+        if given is not None and np.atleast_1d(given).tolist() != np.atleast_1d(prepared).tolist():
             raise ValueError(f"{self.root}: prepared with {key}={prepared}, but the config asks for {given}")
 
     @property
