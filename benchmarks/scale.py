@@ -1,6 +1,7 @@
 """Data at scale: in-memory vs prepared + streamed (litdata) training data, N distinct synthetic slices.
 
-    python benchmarks/scale.py [--sizes 1000 5000 20000] [--steps 200] [--work /tmp/medseg-scale]
+    python benchmarks/scale.py [--sizes 1000 5000 20000] [--steps 150] [--work /tmp/medseg-scale]
+    python benchmarks/scale.py --gpu-loader PREPARED [--steps 300]   # on a CUDA machine
 
 For each N: prepare time with 1 and 2 workers, then for each data path a fresh training process
 (mobilenetv3, output stride 32, 256x256, batch 8) that reports the time from process start to the
@@ -66,7 +67,7 @@ def prepare_seconds(root: Path, out: Path, workers: int) -> float:
     return time.perf_counter() - start
 
 
-def train_run(mode: str, root: Path, steps: int) -> dict:
+def train_run(mode: str, root: Path, steps: int, extra: tuple[str, ...] = ("data.num_workers=0",)) -> dict:
     """One training process: seconds to first step, peak RSS, steady img/s."""
     launched = time.time()
     data = (
@@ -88,13 +89,13 @@ def train_run(mode: str, root: Path, steps: int) -> dict:
         "test=false",
         "logger=[]",
         "callbacks=[]",
-        "data.num_workers=0",
-        f"trainer.max_steps={steps + 10}",
+        *extra,
+        f"+trainer.max_steps={steps + 10}",
+        "stage.stages.0.epochs=1000",
         "trainer.limit_val_batches=0",
         "+trainer.enable_checkpointing=false",
         "+trainer.enable_progress_bar=false",
         "trainer.deterministic=false",
-        "hydra.run.dir=/tmp/medseg-scale-run",
     ]
     out = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "_child", *args],
@@ -160,14 +161,49 @@ def loader_rate(root: Path, batches: int = 100) -> float:
     return count / (time.perf_counter() - start)
 
 
+def gpu_utilisation(samples: list[float], stop) -> None:
+    """Sample nvidia-smi's GPU utilisation every 0.5 s until STOP is set."""
+    while not stop.is_set():
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if out.returncode == 0 and out.stdout.strip():
+            samples.append(float(out.stdout.split()[0]))
+        stop.wait(0.5)
+
+
+def gpu_loader(prepared: Path, steps: int) -> None:
+    """trainer=gpu over a prepared folder: img/s and mean GPU utilisation with 0 and 8 loader workers."""
+    import threading
+
+    print("| loader workers | train img/s | mean GPU utilisation % |\n|---|---|---|")
+    for workers in (0, 8):
+        samples: list[float] = []
+        stop = threading.Event()
+        sampler = threading.Thread(target=gpu_utilisation, args=(samples, stop), daemon=True)
+        sampler.start()
+        run = train_run("stream", prepared, steps, ("trainer=gpu", f"data.num_workers={workers}", "data.batch_size=32"))
+        stop.set()
+        sampler.join()
+        util = sum(samples) / len(samples) if samples else float("nan")
+        print(f"| {workers} | {run['img_per_s']:.0f} | {util:.0f} |")
+
+
 def main() -> None:
     """Run the benchmark and print the tables."""
     if len(sys.argv) > 1 and sys.argv[1] == "_child":
         child(sys.argv[2:])
         return
+    if len(sys.argv) > 2 and sys.argv[1] == "--gpu-loader":
+        steps = int(sys.argv[sys.argv.index("--steps") + 1]) if "--steps" in sys.argv else 300
+        gpu_loader(Path(sys.argv[2]), steps)
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000, 20000])
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--work", type=Path, default=Path("/tmp/medseg-scale"))
     args = parser.parse_args()
     rows, per_slice = [], {}

@@ -1,3 +1,8 @@
 """medseg: PSPNet medical image segmentation with PyTorch Lightning and Hydra."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("medseg")  # one source: pyproject.toml
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"

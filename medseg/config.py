@@ -34,11 +34,33 @@ def register_resolvers() -> None:
     """Register the resolvers the config tree uses (idempotent)."""
     OmegaConf.register_new_resolver("total_epochs", lambda stages: total_epochs(stages), replace=True)
     OmegaConf.register_new_resolver("prepared", prepared_setting, replace=True)
+    OmegaConf.register_new_resolver("run_group", run_group, replace=True)
+    OmegaConf.register_new_resolver("run_name", run_name, replace=True)
+
+
+def run_name(output_dir: str) -> str:
+    """A tracker's name for this run: `<job number>: <overrides>` in a multirun, else the run folder's name."""
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        job = HydraConfig.get().job
+        return f"{job.num}: {job.override_dirname}"
+    return Path(output_dir).name
+
+
+def run_group(default: str) -> str:
+    """The experiment a run belongs to: its sweep (`sweep-<date>_<time>`) in a multirun, else DEFAULT."""
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        sweep = Path(HydraConfig.get().sweep.dir)
+        return f"sweep-{sweep.parent.name}_{sweep.name}"
+    return default
 
 
 def prepared_setting(root: str, key: str):
     """A data setting recorded in a medseg-prepare folder's medseg.json (for data=stream)."""
-    from medseg.prepare import read_metadata
+    from medseg.data.prepared import read_metadata
 
     return read_metadata(root)["settings"][key]
 

@@ -27,9 +27,8 @@ import numpy as np
 import pydicom
 from PIL import Image
 from pydicom.errors import InvalidDicomError
-from rich.progress import track
 
-from medseg.cli import run_cli
+from medseg.cli import progress, run_cli
 from medseg.data.dataset import load_mask
 from medseg.data.dicom import NoPixelData, read_frames
 from medseg.data.index import Sample, patient_key
@@ -198,7 +197,7 @@ def convert(
     executor = ProcessPoolExecutor(workers) if workers > 1 else None
     results = executor.map(convert_file, jobs, chunksize=8) if executor else map(convert_file, jobs)
     try:
-        for rows, skipped, failed in track(results, total=len(jobs), description="converting"):
+        for rows, skipped, failed in progress(results, len(jobs), "converting"):
             report.rows += rows
             if skipped:
                 report.skipped.append(skipped)
@@ -255,6 +254,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--debug", action="store_true", help="full tracebacks")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    logging.getLogger("medseg.progress").setLevel(logging.INFO)
     window = args.window
     if window and "," in window:
         window = [float(v) for v in window.split(",")]

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchmetrics.functional.segmentation import dice_score, mean_iou
 
-from medseg.cli import run_cli
+from medseg.cli import progress, run_cli
 from medseg.data.dataset import load_image_meta, load_mask
 from medseg.data.index import Sample, index_dicom, index_folder
 from medseg.inference import Predictor
@@ -77,7 +77,7 @@ def evaluate(
     if split_file is not None:
         samples = split_samples(samples, data_dir, split_file, split)
     rows, cases = [], []
-    for sample in samples:
+    for sample in progress(samples, len(samples), "evaluating"):
         image, meta = load_image_meta(sample, info.in_channels, info.window)
         target = load_mask(sample, len(classes), mask_mapping, mask_threshold, meta=meta, shape=image.shape[:2])
         pred = predictor.segment(image)

@@ -10,9 +10,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torchmetrics import MetricCollection
 
-from medseg.callbacks.progressive import PARTS
 from medseg.losses import inverse_frequency_weights, set_class_weights
 from medseg.metrics import segmentation_metrics, update_ignoring
+from medseg.models import PARTS
 from medseg.visualize import overlay_grid
 
 
@@ -22,7 +22,19 @@ def _plain(cfg):
 
 
 class SegmentationModule(L.LightningModule):
-    """Trains and evaluates a segmentation network built from its config."""
+    """Trains and evaluates a segmentation network built from its config.
+
+    Args:
+        net: the network's config (`_target_` medseg.models.PSPNet and its arguments).
+        loss: the loss's config (a `medseg.losses` class); `ignore_index` is passed to it.
+        optimizer: a partial torch optimizer config; called with the parameters.
+        scheduler: a partial `torch.optim.lr_scheduler` config stepped per epoch, or None.
+        class_names: class names, background first; their count sets the output classes.
+        class_weights: None, "auto" (inverse pixel frequency of the training masks) or one weight per class.
+        ignore_index: mask value left out of the loss and the metrics.
+        log_images: log an input / truth / prediction grid at each validation.
+        channels_last: train in NHWC memory format.
+    """
 
     def __init__(
         self,

@@ -18,10 +18,9 @@ import numpy as np
 import pydicom
 import torch
 from PIL import Image
-from rich.progress import track
 
 from medseg import __version__
-from medseg.cli import run_cli
+from medseg.cli import progress, run_cli
 from medseg.data.dataset import load_image
 from medseg.data.dicom import slice_position
 from medseg.data.index import IMAGE_SUFFIXES, Sample
@@ -162,7 +161,7 @@ def predict(
     segs, skipped = [], []
     for uid, items in group_series(dicoms, skipped).items():
         masks, sources = [], []
-        for path, _ in track(items, description=f"series {pseudonym(uid)}"):
+        for path, _ in progress(items, len(items), f"series {pseudonym(uid)}"):
             try:
                 image = load_image(Sample(path, path, "", "dicom"), info.in_channels, info.window)
             except ValueError as exc:  # no pixel data, undecodable
@@ -179,7 +178,7 @@ def predict(
             log.warning("series %s: no DICOM SEG written (%s)", pseudonym(uid), exc)
         if nifti:
             segs.append(write_nifti(sources, masks, out))
-    for path in track(images, description="images"):
+    for path in progress(images, len(images), "images"):
         try:
             image = load_image(Sample(path, path, "", "image"), info.in_channels)
         except ValueError as exc:

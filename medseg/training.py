@@ -14,6 +14,7 @@ from medseg.checkpoint import SafeCheckpointIO, UnsafeCheckpoint, is_url, load_c
 from medseg.config import validate_config  # also registers the resolvers
 from medseg.io import atomic_path
 from medseg.report import RESULTS_FILE, append_result, count_params_flops
+from medseg.tracking import log_run_summary
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +119,8 @@ def train(cfg: DictConfig) -> tuple[float | None, dict]:
         load_weights(model, cfg.init_from, remote)
     elif str(first.name) in ("2", "3") and not ckpt_path:
         log.warning("stage %s starts without init_from: training from the encoder's initial weights", first.name)
-    if loggers:
-        trainer.logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    for logger in trainer.loggers:  # every tracker gets the whole resolved config
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -131,6 +132,8 @@ def train(cfg: DictConfig) -> tuple[float | None, dict]:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         test = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update({k: float(v) for k, v in (test[0] if test else {}).items()})
+    if trainer.global_rank == 0:
+        log_run_summary(cfg, loggers, metrics, Path(cfg.paths.output_dir) / "config.yaml")
     record_sweep_result(cfg, model, trainer, metrics)
     name = cfg.get("optimized_metric", "")
     return metrics.get(f"best/{name}", metrics.get(name)), metrics

@@ -12,7 +12,8 @@ from hydra.core.global_hydra import GlobalHydra
 from medseg.config import compose_config
 from medseg.data.synthetic import ensure_demo_dataset
 
-REPO = Path(__file__).resolve().parent.parent
+from .helpers import REPO
+
 CXR_LUNG = REPO.parent / "shared" / "data" / "cxr_lung"
 
 # The tests' own pseudonymisation secret, never the user's: a key file in a fresh temporary folder.

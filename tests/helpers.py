@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
@@ -23,6 +25,28 @@ def run_train(args: list[str], cache_dir: Path, timeout: int = 300, check: bool 
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+def start_train(args: list[str], cache_dir: Path) -> subprocess.Popen:
+    """Start train.py in the background, output discarded."""
+    env = {**os.environ, "MEDSEG_CACHE": str(cache_dir)}
+    cmd = [sys.executable, "train.py", *args]
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float = 240, poll: float = 0.05) -> bool:
+    """SIGKILL PROC as soon as READY() holds (or at the deadline); True when it was still running then."""
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline and proc.poll() is None and not ready():
+            time.sleep(poll)
+        running = proc.poll() is None
+        if running:
+            os.kill(proc.pid, signal.SIGKILL)
+        return running
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 class RecordIds(Callback):

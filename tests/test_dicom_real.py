@@ -47,7 +47,7 @@ JUSTIFIED = {}
 
 
 @pytest.mark.slow
-def test_converter_over_every_real_test_file(tmp_path):
+def test_converter_over_every_real_test_file(tmp_path, caplog):
     files = sorted(f for f in set(get_testdata_files()) if Path(f).is_file())
     assert len(files) > 200, "pydicom-data should add its files to pydicom's own"
     src = tmp_path / "src"
@@ -71,6 +71,7 @@ def test_converter_over_every_real_test_file(tmp_path):
     assert len(converted) == len(images - set(JUSTIFIED))
     written = list((tmp_path / "voc" / "JPEGImages").glob("*.png"))
     assert len(written) == len(report.rows) >= len(converted)
+    assert "Traceback" not in caplog.text and "pydicom" not in {r.name.split(".")[0] for r in caplog.records}
 
 
 def _secondary_capture(path: Path, pixels: np.ndarray, photometric: str, syntax=ExplicitVRLittleEndian, **tags):

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,9 +9,9 @@ import torch
 
 from medseg.training import train
 
+from .helpers import kill_when, run_train, start_train
 from .test_train import read_events
 
-REPO = Path(__file__).resolve().parent.parent
 FAST = ["data.image_size=64", "trainer.limit_val_batches=1", "test=false", "model.log_images=false"]
 
 
@@ -30,18 +25,18 @@ def test_progressive_schedule_is_logged_epoch_by_epoch(make_cfg, tmp_path):
     assert cfg.trainer.max_epochs == 6
     train(cfg)
     events = read_events(tmp_path / "run" / "tensorboard")
-    lrs = [v for _, v in per_epoch(events, "lr")]
+    lrs = [v for _, v in per_epoch(events, "lr-AdamW")]  # one learning-rate curve
     assert lrs == [1e-4, 1e-4, 5e-5, 5e-5, 1e-5, 1e-5]
-    assert [v for _, v in per_epoch(events, "data_fraction")] == pytest.approx([0.2, 0.2, 0.6, 0.6, 1.0, 1.0])
-    assert [v for _, v in per_epoch(events, "aug_strength")] == [1, 1, 2, 2, 3, 3]  # low, mid, high
-    assert [v for _, v in per_epoch(events, "stage")] == [1, 1, 2, 2, 3, 3]
+    fractions = [v for _, v in per_epoch(events, "schedule/data_fraction")]
+    assert fractions == pytest.approx([0.2, 0.2, 0.6, 0.6, 1.0, 1.0])
+    assert [v for _, v in per_epoch(events, "schedule/aug_strength")] == [1, 1, 2, 2, 3, 3]  # low, mid, high
+    assert [v for _, v in per_epoch(events, "schedule/stage")] == [1, 1, 2, 2, 3, 3]
+    assert not {"lr", "stage", "data_fraction", "aug_strength"} & set(events.Tags()["scalars"])
     # 8 training patients x 8 slices, batch 8, drop_last: 20% -> 2 patients -> 2 batches; 60% -> 5; 100% -> 8.
-    steps = [s for s, _ in per_epoch(events, "lr")]
+    steps = [s for s, _ in per_epoch(events, "schedule/stage")]
     # Epoch-level values are logged at the epoch's last step (global_step - 1).
     batches = [b - a for a, b in zip([-1, *steps], steps, strict=False)]
     assert batches == [2, 2, 5, 5, 8, 8]
-    monitor = [round(e.value, 8) for e in events.Scalars("lr-AdamW")]
-    assert monitor == lrs
 
 
 def _stage_of(checkpoint: Path) -> tuple[int | None, int]:
@@ -58,51 +53,25 @@ def _stage_of(checkpoint: Path) -> tuple[int | None, int]:
 def test_killed_progressive_run_resumes_in_stage_two(cache_dir, tmp_path):
     run = tmp_path / "killed"
     args = [
-        sys.executable,
-        "train.py",
         "stage=progressive",
         "stage.stages.0.epochs=1",
         "stage.stages.1.epochs=30",
         "stage.stages.2.epochs=1",
         *FAST,
-        f"hydra.run.dir={run}",
         "callbacks.progress_bar=null",
     ]
-    env = {**os.environ, "MEDSEG_CACHE": str(cache_dir)}
-    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = run / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            if _stage_of(last)[0] == 1:
-                break
-            time.sleep(0.5)
-        assert proc.poll() is None, "the run ended before it was killed"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
+    proc = start_train([*args, f"hydra.run.dir={run}"], cache_dir)
+    assert kill_when(proc, lambda: _stage_of(last)[0] == 1, poll=0.5), "the run ended before it was killed"
     stage, next_epoch = _stage_of(last)
     assert stage == 1 and 2 <= next_epoch < 31
     resumed = tmp_path / "resumed"
-    result = subprocess.run(
-        [
-            *args[:-2],
-            f"hydra.run.dir={resumed}",
-            "callbacks.progress_bar=null",
-            f"ckpt_path={last}",
-            f"trainer.max_epochs={next_epoch + 1}",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    run_train(
+        [*args, f"hydra.run.dir={resumed}", f"ckpt_path={last}", f"trainer.max_epochs={next_epoch + 1}"], cache_dir
     )
-    assert result.returncode == 0, result.stderr[-2000:]
     events = read_events(resumed / "tensorboard")
-    stages = [v for _, v in per_epoch(events, "stage")]
-    lrs = [v for _, v in per_epoch(events, "lr")]
+    stages = [v for _, v in per_epoch(events, "schedule/stage")]
+    lrs = [v for _, v in per_epoch(events, "lr-AdamW")]
     assert stages == [2] and lrs == [5e-5]
     assert "stage 2: lr 5e-05" in (resumed / "train.log").read_text()
 
@@ -139,6 +108,13 @@ def test_cosine_schedule_restarts_and_spans_each_stage(make_cfg, tmp_path):
     stages = ["stage.stages.0.epochs=3", "stage.stages.1.epochs=3", "stage.stages.2.epochs=0"]
     cfg = make_cfg(["stage=progressive", *stages, f"model.scheduler={cosine}", *FAST, "trainer.limit_train_batches=1"])
     train(cfg)
-    lrs = [v for _, v in per_epoch(read_events(Path(cfg.paths.output_dir) / "tensorboard"), "lr")]
+    lrs = [v for _, v in per_epoch(read_events(Path(cfg.paths.output_dir) / "tensorboard"), "lr-AdamW")]
     shape = [1.0, 0.75, 0.25]  # (1 + cos(pi * t / 3)) / 2 for t = 0, 1, 2
     assert lrs == pytest.approx([1e-4 * s for s in shape] + [5e-5 * s for s in shape], rel=1e-6)
+
+
+def test_single_stage_configs_equal_the_progressive_entries(make_cfg):
+    stages = make_cfg(["stage=progressive"]).stage.stages
+    for i, name in enumerate(("1", "2", "3")):
+        (single,) = make_cfg([f"stage={name}"]).stage.stages
+        assert single == stages[i], name

@@ -5,12 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +26,13 @@ from medseg.data.index import index_dicom
 from medseg.data.labels import read_png
 from medseg.evaluate import main as eval_main
 from medseg.export import main as export_main
+from medseg.metrics import segmentation_metrics
 from medseg.predict import main as predict_main
 from medseg.predict import predict
 from medseg.prepare import prepare
 from medseg.training import resume_path, train
 
-from .helpers import REPO, run_train
+from .helpers import kill_when, run_train, start_train
 from .test_dicom import new_dataset
 
 NAME, MRN = "SMITHERSON", "MRN900001"
@@ -177,6 +173,16 @@ def test_runs_started_together_get_their_own_folders():
     assert dirs[0] != dirs[1]
 
 
+def test_class_absent_from_prediction_and_reference_is_nan_for_dice_and_iou():
+    metrics = segmentation_metrics(3)
+    target = torch.zeros(1, 8, 8, dtype=torch.long)
+    target[0, 2:5, 2:5] = 1  # class 2 appears nowhere
+    metrics.update(target.clone(), target)
+    values = metrics.compute()
+    assert torch.isnan(values["dice"][1]) and torch.isnan(values["iou"][2])
+    assert values["dice"][0] == 1 and values["iou"][1] == 1
+
+
 def test_truncated_mask_error_names_the_file(tmp_path):
     path = tmp_path / "mask.png"
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(path)
@@ -230,19 +236,8 @@ def test_config_mistakes_end_in_one_line(args, expected, cache_dir, tmp_path):
 def test_killed_before_the_first_checkpoint_resumes_to_the_full_run(cache_dir, tmp_path):
     run, resumed = tmp_path / "run", tmp_path / "resumed"
     args = ["stage.stages.0.epochs=2", "test=false", "data.image_size=64", "callbacks.progress_bar=null"]
-    env = {**os.environ, "MEDSEG_CACHE": str(cache_dir)}
-    proc = subprocess.Popen(
-        [sys.executable, "train.py", *args, f"hydra.run.dir={run}"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 120
-    while time.time() < deadline and not (run / "config.yaml").is_file():
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc = start_train([*args, f"hydra.run.dir={run}"], cache_dir)
+    assert kill_when(proc, (run / "config.yaml").is_file, timeout=120)
     last = run / "checkpoints" / "last.ckpt"
     assert not last.exists()
     assert resume_path(str(last)) is None  # a run folder without a checkpoint yet: start again

@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import lightning as L
@@ -23,24 +18,15 @@ from medseg.inference import load_checkpoint_module
 from medseg.report import main as report_main
 from medseg.training import train
 
-REPO = Path(__file__).resolve().parent.parent
-TINY = ["data.image_size=64", "data.batch_size=4", "callbacks.progress_bar=null"]
+from .helpers import kill_when, run_train, start_train
 
-
-def run_cli(args: list[str], cache_dir: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run train.py as a user would, failing with its stderr."""
-    env = {**os.environ, "MEDSEG_CACHE": str(cache_dir)}
-    result = subprocess.run(
-        [sys.executable, "train.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
+TINY = ["debug=tiny"]
 
 
 @pytest.mark.slow
 def test_backbone_multirun_and_report(cache_dir, tmp_path, capsys):
     sweep = tmp_path / "sweep"
-    run_cli(
+    run_train(
         ["-m", "backbone=mobilenetv3,resnet18", "trainer.fast_dev_run=true", *TINY, f"hydra.sweep.dir={sweep}"],
         cache_dir,
     )
@@ -103,7 +89,7 @@ def test_slurm_launcher_config_composes():
 @pytest.mark.slow
 def test_optuna_search_runs_two_trials(cache_dir, tmp_path):
     sweep = tmp_path / "optuna"
-    run_cli(
+    run_train(
         [
             "-m",
             "hparams_search=optuna",
@@ -141,29 +127,12 @@ def test_killed_mid_epoch_resumes_and_finishes(cache_dir, tmp_path):
         "trainer.limit_val_batches=1",
         *TINY,
     ]
-    env = {**os.environ, "MEDSEG_CACHE": str(cache_dir)}
-    proc = subprocess.Popen(
-        [sys.executable, "train.py", *args, f"hydra.run.dir={run}"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_train([*args, f"hydra.run.dir={run}"], cache_dir)
     last = run / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            progress = _progress(last)
-            if progress and progress[0] > 16 and progress[0] % 16:  # inside the second epoch
-                os.kill(proc.pid, signal.SIGKILL)
-                break
-            time.sleep(0.2)
-    finally:
-        proc.kill()
-        proc.wait()
+    kill_when(proc, lambda: (p := _progress(last)) is not None and p[0] > 16 and p[0] % 16 != 0, poll=0.2)
     step, processed = _progress(last)
     assert processed == 1 and 16 < step < 32, (step, processed)  # killed inside the second epoch
-    run_cli([*args, f"hydra.run.dir={resumed}", f"ckpt_path={last}"], cache_dir)
+    run_train([*args, f"hydra.run.dir={resumed}", f"ckpt_path={last}"], cache_dir)
     assert sorted(p.name for p in (resumed / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
     final = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert final["global_step"] == 48 and final["epoch"] == 2  # 3 full epochs of 16 steps: none lost

@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -17,12 +12,13 @@ import torch
 from omegaconf import open_dict
 
 from medseg.data.datamodule import SegmentationDataModule
+from medseg.data.prepared import read_metadata
 from medseg.data.stream import StreamDataModule
-from medseg.prepare import prepare, read_metadata
+from medseg.prepare import prepare
 from medseg.privacy import pseudonym
 from medseg.training import train
 
-from .helpers import REPO, read_ids, run_train
+from .helpers import kill_when, read_ids, run_train, start_train
 
 SIZE = 64
 
@@ -142,21 +138,9 @@ def test_killed_mid_epoch_resumes_without_repeating_or_skipping(prepared, cache_
         "+callbacks.record_ids._target_=tests.helpers.RecordIds",
         "+callbacks.record_ids.delay=0.3",
     ]
-    env = {**os.environ, "MEDSEG_CACHE": str(cache_dir)}
-    cmd = [sys.executable, "train.py", *args, f"hydra.run.dir={run}", f"+callbacks.record_ids.path={run}.jsonl"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_train([*args, f"hydra.run.dir={run}", f"+callbacks.record_ids.path={run}.jsonl"], cache_dir)
     last = run / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            step = _last_step(last)
-            if step is not None and 16 < step < 30:  # a step checkpoint inside the second epoch
-                os.kill(proc.pid, signal.SIGKILL)
-                break
-            time.sleep(0.05)
-    finally:
-        proc.kill()
-        proc.wait()
+    assert kill_when(proc, lambda: 16 < (_last_step(last) or 0) < 30)  # a step checkpoint inside the second epoch
     saved = _last_step(last)
     assert saved is not None and 16 < saved < 32, saved
     run_train(

@@ -16,8 +16,7 @@ from medseg.models.encoder import BACKBONES
 from medseg.training import train
 
 from .conftest import CXR_LUNG, requires_cxr_lung
-
-REPO = Path(__file__).resolve().parent.parent
+from .helpers import REPO
 
 
 def read_events(folder: Path) -> EventAccumulator:
@@ -29,7 +28,7 @@ def read_events(folder: Path) -> EventAccumulator:
 
 @pytest.mark.parametrize("backbone", list(BACKBONES))
 def test_fast_dev_run_every_backbone(make_cfg, backbone):
-    cfg = make_cfg([f"backbone={backbone}", "trainer.fast_dev_run=true", "data.image_size=64", "data.batch_size=2"])
+    cfg = make_cfg([f"backbone={backbone}", "debug=[fdr,tiny]", "data.batch_size=2"])
     assert cfg.model.net.encoder_name == backbone
     _, metrics = train(cfg)
     assert "train/loss_epoch" in metrics or "train/loss" in metrics

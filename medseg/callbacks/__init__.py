@@ -1,5 +1,6 @@
 """Lightning callbacks of medseg."""
 
+from medseg.callbacks.epoch_log import EpochLog
 from medseg.callbacks.progressive import ProgressiveSchedule, Stage
 
-__all__ = ["ProgressiveSchedule", "Stage"]
+__all__ = ["EpochLog", "ProgressiveSchedule", "Stage"]

@@ -9,14 +9,24 @@ from dataclasses import asdict, dataclass, field
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-log = logging.getLogger(__name__)
+from medseg.data.augment import STRENGTHS
+from medseg.models import PARTS
 
-PARTS = ("encoder", "decoder", "segmentation_head")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage of the schedule."""
+    """One stage of the schedule.
+
+    Args:
+        name: shown in logs; a numeric name is logged as the stage number.
+        epochs: epochs the stage runs.
+        lr: learning rate of every parameter group at the stage start (schedulers restart from it).
+        data_fraction: share of training patients (nested subsets).
+        aug_strength: none, low, mid or high.
+        train: network parts that train (`medseg.models.PARTS`), or ["all"]; the others are frozen.
+    """
 
     name: str
     epochs: int
@@ -51,7 +61,6 @@ class ProgressiveSchedule(Callback):
         self.stages = [Stage(**{**s, "name": str(s["name"])}) for s in stages]
         self._start_epoch = 0
         self._current: int | None = None
-        self._epoch_lr = 0.0
 
     def stage_index(self, epoch: int) -> int:
         """Index of the stage that runs EPOCH (the last stage for epochs past the schedule)."""
@@ -75,13 +84,11 @@ class ProgressiveSchedule(Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Also runs when a run resumes mid-epoch, where on_train_epoch_start is skipped.
         self._enter(trainer, pl_module, self.stage_index(trainer.current_epoch))
-        self._epoch_lr = trainer.optimizers[0].param_groups[0]["lr"]
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         index = self.stage_index(trainer.current_epoch)
         if index != self._current:
             self._enter(trainer, pl_module, index)
-        self._epoch_lr = trainer.optimizers[0].param_groups[0]["lr"]  # epoch-interval schedulers step before epoch end
 
     def stage_start(self, index: int) -> int:
         """First epoch of stage INDEX."""
@@ -121,11 +128,10 @@ class ProgressiveSchedule(Callback):
         index = self.stage_index(trainer.current_epoch)
         stage = self.stages[index]
         pl_module.log_dict(
-            {
-                "stage": float(stage.name) if stage.name.isdigit() else float(index + 1),
-                "lr": self._epoch_lr,
-                "data_fraction": stage.data_fraction,
-                "aug_strength": float(_AUG_LEVEL[stage.aug_strength]),
+            {  # the learning rate itself is LearningRateMonitor's curve
+                "schedule/stage": float(stage.name) if stage.name.isdigit() else float(index + 1),
+                "schedule/data_fraction": stage.data_fraction,
+                "schedule/aug_strength": float(STRENGTHS.index(stage.aug_strength)),
             },
             on_step=False,
             on_epoch=True,
@@ -146,6 +152,3 @@ class ProgressiveSchedule(Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         """The stage is re-derived from the restored epoch (see on_load_checkpoint)."""
-
-
-_AUG_LEVEL = {"none": 0, "low": 1, "mid": 2, "high": 3}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -66,13 +66,41 @@ def loader_workers(setting: int | str | None, trainer: L.Trainer | None) -> int:
     return max(1, min(8, (os.cpu_count() or 1) // per_node))
 
 
+def count_pixels(masks: Iterable[np.ndarray], num_classes: int, ignore_index: int = 255) -> np.ndarray:
+    """Pixels per class over MASKS (class-index arrays), ignoring IGNORE_INDEX."""
+    counts = np.zeros(num_classes, dtype=np.int64)
+    for mask in masks:
+        counts += np.bincount(mask[mask != ignore_index].ravel(), minlength=num_classes)[:num_classes]
+    return counts
+
+
 def pin_memory(trainer: L.Trainer | None) -> bool:
     """Page-locked host batches when training on CUDA."""
     return trainer is not None and "cuda" in type(trainer.accelerator).__name__.lower()
 
 
 class SegmentationDataModule(L.LightningDataModule):
-    """2-D segmentation data from a DICOM tree, a plain image folder, or the embedded demo dataset."""
+    """2-D segmentation data from a DICOM tree, a plain image folder, or the embedded demo dataset.
+
+    Args:
+        root: data folder (images/ and masks/); None for the embedded demo dataset.
+        layout: "dicom" (PatientID from the tags) or "folder" (patient from `patient_regex`).
+        class_names: class names, background first.
+        in_channels: channels fed to the network (grey images are repeated, colour averaged to fit).
+        image_size: training size, an int or (height, width).
+        size_policy: "stretch" or "letterbox" (keep the aspect ratio and pad).
+        window: DICOM VOI window: None (from the file), a preset name or [center, width].
+        mask_mapping: mask value -> class index; mask_threshold: binarise masks at this value instead.
+        ignore_index: mask value ignored by loss and metrics.
+        patient_regex: first group of this regex on the file name is the patient (folder layout).
+        split: train/val/test fractions of patients; seed: the split's and the subsets' seed.
+        batch_size, num_workers: DataLoader settings ("auto" workers: 0 on CPU, up to 8 per GPU).
+        data_fraction: share of training patients used (nested subsets); aug_strength: none|low|mid|high.
+        cache_dir: where the demo dataset is generated; decode_cache: decoded-slice cache folder or None.
+        preload: decode everything at setup; strict: stop at the first unreadable file.
+        split_file: where the split is written (keyed pseudonyms); None to skip.
+        max_dropped: undecodable samples each split may lose before setup fails (None: any).
+    """
 
     def __init__(
         self,
@@ -249,11 +277,5 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def class_pixel_counts(self) -> np.ndarray:
         """Pixel count per class over all training masks (after resizing), ignoring ignore_index."""
-        counts = np.zeros(self.num_classes, dtype=np.int64)
         ds = SliceDataset(self.splits["train"], self._prepare, self._cache)
-        for i in range(len(ds)):
-            mask = ds.load(i)[1]
-            counts += np.bincount(mask[mask != self.hparams.ignore_index].ravel(), minlength=self.num_classes)[
-                : self.num_classes
-            ]
-        return counts
+        return count_pixels((ds.load(i)[1] for i in range(len(ds))), self.num_classes, self.hparams.ignore_index)

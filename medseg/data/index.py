@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pydicom
 
+from medseg.data.labels import find_label, label_lookups, masks_by_stem
+
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -38,16 +40,6 @@ def patient_key(ds: pydicom.Dataset, path: Path) -> tuple[str, bool]:
     return (f"study:{study}" if study else f"folder:{path.parent}"), True
 
 
-def masks_by_stem(mask_dir: Path) -> dict[str, Path]:
-    """Map mask file stems to paths, refusing duplicate stems."""
-    masks: dict[str, Path] = {}
-    for path in sorted(mask_dir.rglob("*.png")):
-        if path.stem in masks:
-            raise ValueError(f"{path}: mask stem {path.stem!r} also used by {masks[path.stem]}")
-        masks[path.stem] = path
-    return masks
-
-
 def index_dicom(root: str | Path, strict: bool = False) -> list[Sample]:
     """Pair DICOM frames under images/ with labels under masks/; patient from the PatientID tag.
 
@@ -56,8 +48,6 @@ def index_dicom(root: str | Path, strict: bool = False) -> list[Sample]:
     instance. Objects without pixel data are skipped with one log line; unreadable files are logged
     and skipped (raised with STRICT).
     """
-    from medseg.data.labels import find_label, label_lookups
-
     root = Path(root)
     lookups = label_lookups(root / "masks")
     samples, skipped, fallback = [], 0, 0

@@ -85,10 +85,18 @@ def seg_references(path: Path) -> set[str]:
     }
 
 
+def masks_by_stem(mask_dir: Path) -> dict[str, Path]:
+    """Map mask file stems to paths, refusing duplicate stems."""
+    masks: dict[str, Path] = {}
+    for path in sorted(mask_dir.rglob("*.png")):
+        if path.stem in masks:
+            raise ValueError(f"{path}: mask stem {path.stem!r} also used by {masks[path.stem]}")
+        masks[path.stem] = path
+    return masks
+
+
 def label_lookups(mask_dir: Path) -> dict[str, dict]:
     """Index a masks folder: PNG by stem, NIfTI by series folder name, DICOM SEG by referenced instance."""
-    from medseg.data.index import masks_by_stem
-
     if not mask_dir.is_dir():
         return {"png": {}, "nifti": {}, "seg": {}}
     return {

@@ -11,9 +11,9 @@ import numpy as np
 from litdata import StreamingDataLoader, StreamingDataset
 
 from medseg.data.augment import build_augmentation
-from medseg.data.datamodule import loader_workers, pin_memory
+from medseg.data.datamodule import count_pixels, loader_workers, pin_memory
 from medseg.data.dataset import seed_worker_augmentation, to_tensors
-from medseg.prepare import SPLITS, read_metadata, verify_chunks
+from medseg.data.prepared import SPLITS, read_metadata, verify_chunks
 
 log = logging.getLogger(__name__)
 logging.getLogger("litdata").setLevel(logging.WARNING)  # its per-dataset INFO lines (cache size, mmap) are noise here
@@ -48,7 +48,18 @@ class SegmentationStream(StreamingDataset):
 
 
 class StreamDataModule(L.LightningDataModule):
-    """Train, validate and test from a folder written by medseg-prepare (local path or a litdata URL)."""
+    """Train, validate and test from a folder written by medseg-prepare (local path or a litdata URL).
+
+    Args:
+        root: the prepared folder.
+        class_names, in_channels, image_size, size_policy, window: checked against the prepared settings.
+        ignore_index: mask value ignored by loss and metrics.
+        seed: shuffle and augmentation seed (the split was fixed when the data were prepared).
+        batch_size, num_workers: loader settings ("auto" workers: 0 on CPU, up to 8 per GPU process).
+        data_fraction: share of training patients (nested subsets); aug_strength: none|low|mid|high.
+        cache_dir, max_cache_size: litdata's local chunk cache for remote folders.
+        split_file: accepted for config compatibility; the split lives in the prepared folder.
+    """
 
     def __init__(
         self,
@@ -150,9 +161,5 @@ class StreamDataModule(L.LightningDataModule):
 
     def class_pixel_counts(self) -> np.ndarray:
         """Pixel count per class over the training masks (one streamed pass), ignoring ignore_index."""
-        counts = np.zeros(self.num_classes, dtype=np.int64)
-        for batch in self._loader(self.dataset("train"), train=False):
-            mask = batch["mask"].numpy()
-            valid = mask[mask != self.hparams.ignore_index]
-            counts += np.bincount(valid.ravel(), minlength=self.num_classes)[: self.num_classes]
-        return counts
+        masks = (batch["mask"].numpy() for batch in self._loader(self.dataset("train"), train=False))
+        return count_pixels(masks, self.num_classes, self.hparams.ignore_index)

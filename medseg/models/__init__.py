@@ -1,5 +1,5 @@
 """PSPNet segmentation models on timm encoders."""
 
-from medseg.models.pspnet import PSPNet
+from medseg.models.pspnet import PARTS, PSPNet
 
-__all__ = ["PSPNet"]
+__all__ = ["PARTS", "PSPNet"]

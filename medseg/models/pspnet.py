@@ -12,6 +12,9 @@ from torch.utils.checkpoint import checkpoint
 from medseg.models.encoder import Encoder
 from medseg.models.pyramid_pooling import PyramidPooling
 
+# The network's trainable parts, in order; a stage of the schedule trains some or all of them.
+PARTS = ("encoder", "decoder", "segmentation_head")
+
 
 class PSPDecoder(nn.Module):
     """Pyramid pooling followed by the 3x3 bottleneck with BatchNorm, ReLU and Dropout2d."""
@@ -32,7 +35,20 @@ class PSPDecoder(nn.Module):
 
 
 class PSPNet(nn.Module):
-    """Pyramid Scene Parsing Network with a timm encoder; logits at the input resolution."""
+    """Pyramid Scene Parsing Network with a timm encoder; logits at the input resolution.
+
+    Args:
+        encoder_name: a key of `medseg.models.encoder.BACKBONES` (mobilenetv3, efficientnet_b0, ...).
+        in_channels: input channels (1 for grey-scale DICOM; 3 for RGB).
+        num_classes: output classes, background included.
+        bins: pyramid pooling grid sizes, or a string such as "1-3-5-7".
+        output_stride: 8, 16 or 32; the last encoder stages are dilated instead of strided below 32.
+        decoder_channels: channels of the pyramid branches and the 3x3 bottleneck.
+        dropout: dropout before the classifier.
+        pretrained: ask the Hugging Face hub for ImageNet weights (fails offline with a clear message).
+        weights_path: a local timm weights file (.safetensors or .pth state dict) for the encoder.
+        grad_checkpointing: recompute activations in backward to save memory.
+    """
 
     def __init__(
         self,

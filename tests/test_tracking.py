@@ -1,0 +1,77 @@
+"""Experiment tracking: MLflow runs read back with MlflowClient, TensorBoard HPARAMS, epoch lines without a TTY."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from medseg.training import train
+
+from .helpers import run_train
+from .test_train import read_events
+
+SHORT = [
+    "stage.stages.0.epochs=2",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "data.image_size=64",
+    "model.log_images=false",
+]
+
+
+def test_mlflow_run_holds_the_config_and_the_metrics(make_cfg, tmp_path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    overrides = [
+        "logger=[tensorboard,mlflow,csv]",
+        f"logger.mlflow.tracking_uri={uri}",
+        f"logger.mlflow.artifact_location={tmp_path / 'artifacts'}",
+        "logger.mlflow.log_model=true",
+    ]
+    cfg = make_cfg([*overrides, *SHORT], tmp_path / "run")
+    _, metrics = train(cfg)
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("train")
+    (run,) = client.search_runs([experiment.experiment_id])
+    params, logged = run.data.params, run.data.metrics
+    assert params["model/net/encoder_name"] == "mobilenetv3" and params["data/image_size"] == "64"
+    assert params["stage/stages/0/name"] == "full" and params["seed"] == "42" and run.info.run_name == "run"
+    assert logged["val/dice_mean"] == pytest.approx(metrics["val/dice_mean"], abs=1e-6)
+    assert logged["hparams/best_val_dice"] == pytest.approx(metrics["best/val/dice_mean"], abs=1e-6)
+    assert logged["hparams/test_dice"] == pytest.approx(metrics["test/dice_mean"], abs=1e-6)
+    history = client.get_metric_history(run.info.run_id, "val/dice_mean")
+    assert len(history) == 2  # one value per epoch
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "config.yaml" in artifacts
+    assert (tmp_path / "run" / "csv" / "metrics.csv").read_text().count("val/dice_mean") == 1
+
+
+def test_tensorboard_hparams_view_and_schedule_scalars(make_cfg, tmp_path):
+    _, metrics = train(make_cfg(SHORT, tmp_path / "run"))
+    events = read_events(tmp_path / "run" / "tensorboard")
+    content = events.PluginTagToContent("hparams")
+    session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    hparams = {k: v.string_value or v.number_value for k, v in session.session_start_info.hparams.items()}
+    assert hparams["backbone"] == "mobilenetv3" and hparams["loss"] == "HybridLoss" and hparams["image_size"] == "64x64"
+    assert hparams["bins"] == "1,3,5,7" and hparams["lr"] == pytest.approx(2e-3) and hparams["output_stride"] == 8
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert {m.name.tag for m in experiment.metric_infos} == {"hparams/best_val_dice", "hparams/test_dice"}
+    best = events.Scalars("hparams/best_val_dice")[0].value
+    assert best == pytest.approx(metrics["best/val/dice_mean"], abs=1e-6)
+    scalars = set(events.Tags()["scalars"])
+    assert {"schedule/stage", "schedule/data_fraction", "schedule/aug_strength", "lr-AdamW"} <= scalars
+    assert not [t for t in scalars if t.startswith("lr") and t != "lr-AdamW"]
+
+
+@pytest.mark.slow
+def test_runs_without_a_terminal_log_one_line_per_epoch(cache_dir, tmp_path):
+    run_train([*SHORT, "stage.stages.0.epochs=3", f"hydra.run.dir={tmp_path}"], cache_dir)
+    lines = [line for line in (tmp_path / "train.log").read_text().splitlines() if "medseg.progress" in line]
+    pattern = re.compile(
+        r"epoch (\d)/3 stage full train_loss [\d.]+ val_dice [\d.]+ lr [\d.e-]+ epoch \d+s elapsed [\d:]+ eta [\d:]+$"
+    )
+    assert [int(pattern.search(line).group(1)) for line in lines] == [1, 2, 3], lines
