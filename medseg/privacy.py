@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import tempfile
 from functools import cache
 from pathlib import Path, PurePosixPath
 
@@ -30,13 +31,15 @@ def _secret(env: str | None, path: str) -> bytes:
     file = Path(path)
     if not file.is_file():
         file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(prefix=".secret.", dir=file.parent)  # 0600
         try:
-            fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process created it first
-            pass
-        else:
             with os.fdopen(fd, "w") as handle:
                 handle.write(secrets.token_hex(32))
+            os.link(tmp, file)  # appears whole or not at all; never replaces an existing key
+        except FileExistsError:  # another process made it first: use theirs
+            pass
+        finally:
+            os.unlink(tmp)
     secret = file.read_text().strip().encode()
     if len(secret) < 16:
         raise ValueError(f"{file}: the pseudonymisation secret is shorter than 16 characters")

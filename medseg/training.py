@@ -28,16 +28,15 @@ def instantiate_dict(cfg: DictConfig | None) -> list:
 
 def load_weights(module: L.LightningModule, checkpoint: str | Path, allow_remote: bool = False) -> None:
     """Copy model weights (not optimizer state) from a validated, weights-only checkpoint into MODULE."""
-    path = checkpoint
-    state = load_checkpoint(path, allow_remote)
+    state = load_checkpoint(checkpoint, allow_remote)
     result = module.load_state_dict(state["state_dict"], strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(
-            f"{path}: weights do not fit this model "
+            f"{checkpoint}: weights do not fit this model "
             f"(missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]})"
         )
     module.on_load_checkpoint(state)
-    log.info("initialised weights from %s", path)
+    log.info("initialised weights from %s", checkpoint)
 
 
 def resume_path(ckpt_path: str | None, allow_remote: bool = False) -> str | None:

@@ -93,3 +93,23 @@ def test_channels_last_module_gives_the_same_logits():
     x = torch.rand(2, 1, 64, 64)
     with torch.no_grad():
         assert torch.allclose(nhwc(x), nchw(x), atol=1e-5)
+
+
+PINNED = {  # mean, std, logit[1, 10, 10], logit[0, 50, 3] of a seeded network on a fixed ramp image
+    "mobilenetv3": (0.112569, 0.044113, 0.156356, 0.068049),
+    "efficientnet_b0": (-0.076917, 0.067954, -0.008965, -0.144868),
+    "resnet18": (-0.107012, 0.046928, -0.057593, -0.152607),
+    "convnext_tiny": (0.068833, 0.098398, 0.1134, -0.026521),
+}
+
+
+@pytest.mark.parametrize("backbone", list(PINNED))
+def test_logits_match_the_pinned_values(backbone):
+    """A refactor that changes what the network computes (layers, init order, pooling) is noticed here."""
+    torch.manual_seed(0)
+    net = PSPNet(backbone, in_channels=1, num_classes=2, decoder_channels=32).eval()
+    x = torch.linspace(0, 1, 64 * 64).reshape(1, 1, 64, 64)
+    with torch.no_grad():
+        y = net(x)
+    values = (y.mean(), y.std(), y[0, 1, 10, 10], y[0, 0, 50, 3])
+    assert [float(v) for v in values] == pytest.approx(PINNED[backbone], abs=2e-5)

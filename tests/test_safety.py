@@ -243,7 +243,18 @@ def test_killed_before_the_first_checkpoint_resumes_to_the_full_run(cache_dir, t
     assert resume_path(str(last)) is None  # a run folder without a checkpoint yet: start again
     run_train([*args, f"hydra.run.dir={resumed}", f"ckpt_path={last}"], cache_dir)
     final = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert final["epoch"] == 1 and final["global_step"] == 2 * 8  # 64 training slices, batch 8: all steps ran
+    epochs = final["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
+    assert epochs == 2 and final["global_step"] == 2 * 8  # 64 training slices, batch 8: every step of both epochs
     with pytest.raises(FileNotFoundError, match="not a medseg run folder"):
         resume_path(str(tmp_path / "nowhere" / "last.ckpt"))
     assert json.loads(json.dumps(OmegaConf.to_container(OmegaConf.load(resumed / "config.yaml"))))["ckpt_path"]
+
+
+@pytest.mark.slow
+def test_unwritable_run_folder_ends_in_one_line(cache_dir, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = run_train([f"hydra.run.dir={blocker / 'run'}"], cache_dir, timeout=120, check=False)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert str(blocker / "run") in lines[0] and "cannot write the run folder" in lines[0]

@@ -25,14 +25,27 @@ TINY = ["debug=tiny"]
 
 @pytest.mark.slow
 def test_backbone_multirun_and_report(cache_dir, tmp_path, capsys):
-    sweep = tmp_path / "sweep"
+    from mlflow import MlflowClient
+
+    sweep, uri = tmp_path / "sweep", f"sqlite:///{tmp_path / 'mlruns.db'}"
+    one_batch = [
+        "stage.stages.0.epochs=1",
+        "trainer.limit_train_batches=1",
+        "trainer.limit_val_batches=1",
+        "test=false",
+    ]
+    tracking = ["logger=[tensorboard,mlflow]", f"logger.mlflow.tracking_uri={uri}"]
     run_train(
-        ["-m", "backbone=mobilenetv3,resnet18", "trainer.fast_dev_run=true", *TINY, f"hydra.sweep.dir={sweep}"],
-        cache_dir,
+        ["-m", "backbone=mobilenetv3,resnet18", *one_batch, *tracking, *TINY, f"hydra.sweep.dir={sweep}"], cache_dir
     )
     records = [json.loads(line) for line in (sweep / "results.jsonl").read_text().splitlines()]
     assert sorted(r["backbone"] for r in records) == ["mobilenetv3", "resnet18"]
     assert len({r["run_dir"] for r in records}) == 2
+    client = MlflowClient(tracking_uri=uri)
+    (experiment,) = [e for e in client.search_experiments() if e.name.startswith("sweep-")]
+    assert experiment.name == f"sweep-{sweep.parent.name}_{sweep.name}"  # both jobs in the sweep's experiment
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.data.params["model/net/encoder_name"] for r in runs) == ["mobilenetv3", "resnet18"]
     report_main([str(sweep)])
     table = capsys.readouterr().out
     rows = [line for line in table.splitlines() if line.startswith("| ") and "backbone" not in line]
