@@ -235,7 +235,7 @@ def test_config_mistakes_end_in_one_line(args, expected, cache_dir, tmp_path):
 @pytest.mark.slow
 def test_killed_before_the_first_checkpoint_resumes_to_the_full_run(cache_dir, tmp_path):
     run, resumed = tmp_path / "run", tmp_path / "resumed"
-    args = ["stage.stages.0.epochs=2", "test=false", "data.image_size=64", "callbacks.progress_bar=null"]
+    args = ["stage.stages.0.epochs=2", "trainer.limit_train_batches=3", "test=false", "debug=tiny"]
     proc = start_train([*args, f"hydra.run.dir={run}"], cache_dir)
     assert kill_when(proc, (run / "config.yaml").is_file, timeout=120)
     last = run / "checkpoints" / "last.ckpt"
@@ -244,7 +244,7 @@ def test_killed_before_the_first_checkpoint_resumes_to_the_full_run(cache_dir, t
     run_train([*args, f"hydra.run.dir={resumed}", f"ckpt_path={last}"], cache_dir)
     final = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     epochs = final["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
-    assert epochs == 2 and final["global_step"] == 2 * 8  # 64 training slices, batch 8: every step of both epochs
+    assert epochs == 2 and final["global_step"] == 2 * 3  # every step of both epochs
     with pytest.raises(FileNotFoundError, match="not a medseg run folder"):
         resume_path(str(tmp_path / "nowhere" / "last.ckpt"))
     assert json.loads(json.dumps(OmegaConf.to_container(OmegaConf.load(resumed / "config.yaml"))))["ckpt_path"]
