@@ -79,7 +79,20 @@ def pin_memory(trainer: L.Trainer | None) -> bool:
     return trainer is not None and "cuda" in type(trainer.accelerator).__name__.lower()
 
 
-class SegmentationDataModule(L.LightningDataModule):
+class SplitLoaders:
+    """train/val/test dataloaders from a data module's `dataset(split, augment)` and `_loader(dataset, train)`."""
+
+    def train_dataloader(self):
+        return self._loader(self.dataset("train", augment=True), train=True)
+
+    def val_dataloader(self):
+        return self._loader(self.dataset("val"), train=False)
+
+    def test_dataloader(self):
+        return self._loader(self.dataset("test"), train=False)
+
+
+class SegmentationDataModule(SplitLoaders, L.LightningDataModule):
     """2-D segmentation data from a DICOM tree, a plain image folder, or the embedded demo dataset.
 
     Args:
@@ -245,35 +258,23 @@ class SegmentationDataModule(L.LightningDataModule):
     def dataset(self, split: str, augment: bool = False) -> SliceDataset:
         """A dataset over one split sharing the decode cache; augmentation at the current strength."""
         samples = self.train_samples() if split == "train" else self.splits[split]
+        self._train_loaders += augment  # a new augmentation stream for every (re)loaded training epoch
         seed = self.hparams.seed * 10007 + self._train_loaders
         transform = build_augmentation(self.aug_strength, seed) if augment else None
         return SliceDataset(samples, self._prepare, self._cache, transform, seed)
 
-    def _loader(self, dataset: SliceDataset, shuffle: bool) -> DataLoader:
-        workers = loader_workers(self.hparams.num_workers, self._trainer_or_none())
+    def _loader(self, dataset: SliceDataset, train: bool) -> DataLoader:
+        workers = loader_workers(self.hparams.num_workers, self.trainer)
         return DataLoader(
             dataset,
             batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle and len(dataset) > self.hparams.batch_size,
+            shuffle=train,
+            drop_last=train and len(dataset) > self.hparams.batch_size,
             num_workers=workers,
             persistent_workers=workers > 0,
-            pin_memory=pin_memory(self._trainer_or_none()),
+            pin_memory=pin_memory(self.trainer),
             worker_init_fn=seed_worker_augmentation if workers else None,
         )
-
-    def _trainer_or_none(self) -> L.Trainer | None:
-        return getattr(self, "trainer", None)
-
-    def train_dataloader(self) -> DataLoader:
-        self._train_loaders += 1
-        return self._loader(self.dataset("train", augment=True), shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("val"), shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("test"), shuffle=False)
 
     def class_pixel_counts(self) -> np.ndarray:
         """Pixel count per class over all training masks (after resizing), ignoring ignore_index."""

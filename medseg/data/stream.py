@@ -11,7 +11,7 @@ import numpy as np
 from litdata import StreamingDataLoader, StreamingDataset
 
 from medseg.data.augment import build_augmentation
-from medseg.data.datamodule import count_pixels, loader_workers, pin_memory
+from medseg.data.datamodule import SplitLoaders, count_pixels, loader_workers, pin_memory
 from medseg.data.dataset import seed_worker_augmentation, to_tensors
 from medseg.data.prepared import SPLITS, read_metadata, verify_chunks
 
@@ -47,7 +47,7 @@ class SegmentationStream(StreamingDataset):
         return {**out, "id": int(item["id"]), "patient": item["patient"]}
 
 
-class StreamDataModule(L.LightningDataModule):
+class StreamDataModule(SplitLoaders, L.LightningDataModule):
     """Train, validate and test from a folder written by medseg-prepare (local path or a litdata URL).
 
     Args:
@@ -135,7 +135,7 @@ class StreamDataModule(L.LightningDataModule):
         )
 
     def _loader(self, dataset: SegmentationStream, train: bool) -> StreamingDataLoader:
-        trainer = getattr(self, "trainer", None)
+        trainer = self.trainer
         workers = loader_workers(self.hparams.num_workers, trainer)
         loader = StreamingDataLoader(
             dataset,
@@ -149,15 +149,6 @@ class StreamDataModule(L.LightningDataModule):
         if train and trainer is not None:
             loader.current_epoch = trainer.current_epoch  # a fresh loader each epoch: shuffle by the trainer's epoch
         return loader
-
-    def train_dataloader(self) -> StreamingDataLoader:
-        return self._loader(self.dataset("train", augment=True), train=True)
-
-    def val_dataloader(self) -> StreamingDataLoader:
-        return self._loader(self.dataset("val"), train=False)
-
-    def test_dataloader(self) -> StreamingDataLoader:
-        return self._loader(self.dataset("test"), train=False)
 
     def class_pixel_counts(self) -> np.ndarray:
         """Pixel count per class over the training masks (one streamed pass), ignoring ignore_index."""
