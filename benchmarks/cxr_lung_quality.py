@@ -33,12 +33,17 @@ SETUP_S = 60  # data setup, first validation images and checkpoint writes, per r
 WARMUP_STEPS, TIMED_STEPS = 4, 4
 
 
-def configure(model: str, out: Path):
-    """The experiment config for MODEL ('smp' = smp's PSPNet on mobilenetv3)."""
-    backbone = "mobilenetv3" if model == "smp" else model
-    overrides = [f"backbone={backbone}", f"data.root={CXR}", "callbacks.progress_bar=null"]
-    cfg = compose_config(["experiment=cxr_lung_scratch", *overrides], out / model)
-    if model == "smp":
+def configure(model: str, out: Path, experiment: str = "cxr_lung_scratch"):
+    """The experiment config for MODEL: a backbone, 'smp' (smp's PSPNet on mobilenetv3), or
+    'NAME:key=value,key=value' (a variant: overrides on top of the experiment)."""
+    name, _, extra = model.partition(":")
+    backbone = "mobilenetv3" if name == "smp" or name not in BACKBONES else name
+    extra = [o for o in extra.split(",") if o]
+    overrides = [f"data.root={CXR}", "callbacks.progress_bar=null", *extra]
+    if not any(o.startswith("backbone=") for o in extra):
+        overrides.insert(0, f"backbone={backbone}")
+    cfg = compose_config([f"experiment={experiment}", *overrides], out / name.replace("/", "_"))
+    if name == "smp":
         with open_dict(cfg):
             cfg.model.net = OmegaConf.create(
                 {"_target_": "smp_reference.smp_pspnet", "encoder_name": backbone, "in_channels": cfg.data.in_channels}
@@ -77,15 +82,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=[*BACKBONES, "smp"])
     parser.add_argument("--budget-min", type=float, default=30.0)
+    parser.add_argument("--experiment", default="cxr_lung_scratch")
+    parser.add_argument("--epoch-times", action="store_true", help="only estimate each model's epoch time")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "benchmarks" / "cxr_lung_quality")
     args = parser.parse_args()
     if not (CXR / "images").is_dir():
         raise SystemExit(f"{CXR} not found: this benchmark needs the chest X-ray data set")
     torch.set_num_threads(2)
     rows = []
+    if args.epoch_times:
+        print("| model | params (M) | s per epoch |\n|---|---|---|")
     for model in args.models:
-        cfg = configure(model, args.out)
+        cfg = configure(model, args.out, args.experiment)
         per_epoch = epoch_seconds(cfg)
+        if args.epoch_times:
+            params = sum(p.numel() for p in instantiate(cfg.model, _recursive_=False).parameters()) / 1e6
+            print(f"| {model} | {params:.2f} | {per_epoch:.1f} |", flush=True)
+            continue
         epochs = max(1, int((args.budget_min * 60 - SETUP_S) / (per_epoch * 1.05)))
         with open_dict(cfg):
             cfg.stage.stages[0].epochs = epochs
@@ -96,6 +109,8 @@ def main() -> None:
         best = Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt"
         rows.append((model, epochs, metrics, best))
         print(f"{model}: {epochs} epochs, {metrics}", flush=True)
+    if args.epoch_times:
+        return
     print(f"\ncxr_lung, 256x256, random init, budget {args.budget_min:g} min of training on this machine\n")
     print("| model | epochs | training min | best val Dice | test Dice | test IoU |")
     print("|---|---|---|---|---|---|")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -55,3 +56,31 @@ def one_line(exc: BaseException) -> str:
     if isinstance(exc, KeyError | TypeError | RuntimeError) or not str(exc).strip():
         text = f"{type(exc).__name__}: {text}"
     return text
+
+
+def add_inference_options(parser: argparse.ArgumentParser) -> None:
+    """--tta and --keep-largest, as medseg-eval and medseg-predict take them (default: the model's own)."""
+    parser.add_argument(
+        "--tta", nargs="*", default=None, metavar="FLIP", help="test-time flips: hflip, vflip (none: no TTA)"
+    )
+    parser.add_argument(
+        "--keep-largest",
+        nargs="*",
+        default=None,
+        type=_class_count,
+        metavar="CLASS=K",
+        help="keep the K largest components of CLASS and fill their holes (none given: no post-processing)",
+    )
+
+
+def inference_options(args: argparse.Namespace) -> dict:
+    """Predictor keyword arguments from the parsed --tta / --keep-largest."""
+    keep = None if args.keep_largest is None else dict(args.keep_largest)
+    return dict(tta=args.tta, keep_largest=keep)
+
+
+def _class_count(text: str) -> tuple[str, int]:
+    name, _, k = text.partition("=")
+    if not name or not k.isdigit():
+        raise argparse.ArgumentTypeError(f"expected CLASS=K, e.g. lung=2, got {text!r}")
+    return name, int(k)

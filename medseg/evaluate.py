@@ -1,6 +1,8 @@
 """Evaluate a checkpoint or ONNX model on a folder of images + masks (or a DICOM dataset).
 
-    medseg-eval MODEL DATA_DIR --out DIR [--mask-threshold 128] [--worst 5]
+    medseg-eval MODEL [MODEL ...] DATA_DIR --out DIR [--mask-threshold 128] [--worst 5] [--tta hflip]
+
+Several checkpoints are evaluated as one ensemble (softmax averaged).
 
 Per case and class: Dice and IoU (torchmetrics) and HD95 (MONAI), in millimetres where the DICOM
 pixel spacing is known, pixels otherwise. Empty-mask convention (as nnU-Net and MONAI): empty
@@ -23,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchmetrics.functional.segmentation import dice_score, mean_iou
 
-from medseg.cli import progress, run_cli
+from medseg.cli import add_inference_options, inference_options, progress, run_cli
 from medseg.data.dataset import load_image_meta, load_mask
 from medseg.data.index import Sample, index_dicom, index_folder
 from medseg.inference import Predictor
@@ -57,7 +59,7 @@ def case_scores(pred: np.ndarray, target: np.ndarray, num_classes: int, spacing=
 
 
 def evaluate(
-    model: str | Path,
+    model: str | Path | Sequence[str | Path],
     data_dir: str | Path,
     out: str | Path,
     *,
@@ -67,9 +69,12 @@ def evaluate(
     patient_regex: str = r"^(.*)$",
     split_file: str | Path | None = None,
     split: str = "test",
+    tta: Sequence[str] | None = None,
+    keep_largest: dict[str, int] | None = None,
 ) -> list[dict]:
-    """Evaluate MODEL on the labelled images under DATA_DIR (one split of a run's split.json); returns rows."""
-    predictor = Predictor(model)
+    """Evaluate MODEL (one model or an ensemble of checkpoints; TTA and post-processing as the Predictor
+    takes them) on the labelled images under DATA_DIR (one split of a run's split.json); returns rows."""
+    predictor = Predictor(model, tta=tta, keep_largest=keep_largest)
     info, out, data_dir = predictor.info, Path(out), Path(data_dir)
     classes = info.class_names
     dicom = any((data_dir / "images").rglob("*.dcm"))
@@ -149,7 +154,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(prog="medseg-eval", description=__doc__.splitlines()[0])
-    parser.add_argument("model", type=Path)
+    parser.add_argument("model", type=Path, nargs="+", help="a .ckpt or .onnx model; several .ckpt: an ensemble")
     parser.add_argument("data_dir", type=Path)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--mask-threshold", type=int, default=None, help="binarise masks at this value")
@@ -158,6 +163,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--worst", type=int, default=5, help="how many worst-case overlays to write")
     parser.add_argument("--split-file", type=Path, default=None, help="a run's split.json: evaluate one of its splits")
     parser.add_argument("--split", default="test", help="which split of --split-file (default: test)")
+    add_inference_options(parser)
     parser.add_argument("--debug", action="store_true", help="full tracebacks")
     args = parser.parse_args(argv)
     run_cli(
@@ -173,6 +179,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             patient_regex=args.patient_regex,
             split_file=args.split_file,
             split=args.split,
+            **inference_options(args),
         ),
     )
     with open(args.out / "summary.csv") as handle:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import lightning as L
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -13,6 +14,8 @@ from torchmetrics import MetricCollection
 from medseg.losses import inverse_frequency_weights, set_class_weights
 from medseg.metrics import segmentation_metrics, update_ignoring
 from medseg.models import PARTS
+from medseg.models.averaging import check_tta, tta_logits
+from medseg.postprocess import class_indices, keep_largest
 from medseg.visualize import overlay_grid
 
 
@@ -34,6 +37,8 @@ class SegmentationModule(L.LightningModule):
         ignore_index: mask value left out of the loss and the metrics.
         log_images: log an input / truth / prediction grid at each validation.
         channels_last: train in NHWC memory format.
+        tta: test-time flips (e.g. ["hflip"]) whose logits are averaged at test and by the inference tools.
+        keep_largest: {class name: k}: at test and inference keep each class's k largest components, fill holes.
     """
 
     def __init__(
@@ -47,11 +52,15 @@ class SegmentationModule(L.LightningModule):
         ignore_index: int = 255,
         log_images: bool = True,
         channels_last: bool = False,
+        tta: Sequence[str] = (),
+        keep_largest: dict[str, int] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters({k: _plain(v) for k, v in locals().items() if k not in ("self", "__class__")})
         self.class_names = list(class_names)
         self.frozen_parts: tuple[str, ...] = ()
+        self.tta = check_tta(tta)
+        self.keep = class_indices(keep_largest, self.class_names)
         num_classes = len(self.class_names)
         self.net = instantiate(net, num_classes=num_classes, _convert_="all")
         if channels_last:  # NHWC convolutions: about 1.5x faster training on CPU with dilated encoders
@@ -109,11 +118,14 @@ class SegmentationModule(L.LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(logits))
         return loss
 
-    def _evaluate(self, batch: dict, metrics: MetricCollection, prefix: str) -> torch.Tensor:
-        logits = self(batch["image"])
+    def _evaluate(self, batch: dict, metrics: MetricCollection, prefix: str, final: bool = False) -> torch.Tensor:
+        logits = tta_logits(self, batch["image"], self.tta) if final else self(batch["image"])
         loss = self.criterion(logits, batch["mask"])
         self.log(f"{prefix}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(logits), sync_dist=True)
         pred = logits.argmax(1)
+        if final and self.keep:
+            cleaned = [keep_largest(p, self.keep) for p in pred.cpu().numpy()]
+            pred = torch.as_tensor(np.stack(cleaned), device=pred.device)
         update_ignoring(metrics, pred, batch["mask"], self.hparams.ignore_index)
         return pred
 
@@ -135,7 +147,7 @@ class SegmentationModule(L.LightningModule):
         self._log_metrics(self.val_metrics, "val")
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics, "test")
+        self._evaluate(batch, self.test_metrics, "test", final=True)
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics(self.test_metrics, "test")

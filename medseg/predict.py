@@ -1,6 +1,6 @@
 """Segment DICOM files/series or PNG/JPEG images with a checkpoint or ONNX model.
 
-    medseg-predict MODEL INPUT --out DIR [--policy resize|sliding] [--nifti]
+    medseg-predict MODEL [MODEL ...] INPUT --out DIR [--policy resize|sliding] [--nifti] [--tta hflip]
 
 Writes per slice a class-index mask PNG (with a colour palette) and an overlay PNG; for DICOM input
 also one DICOM SEG per series that references the source instances (and NIfTI with --nifti).
@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from medseg import __version__
-from medseg.cli import progress, run_cli
+from medseg.cli import add_inference_options, inference_options, progress, run_cli
 from medseg.data.dataset import load_image
 from medseg.data.dicom import slice_position
 from medseg.data.index import IMAGE_SUFFIXES, Sample
@@ -148,10 +148,15 @@ def write_nifti(sources: Sequence[Path], masks: Sequence[np.ndarray], out: Path)
 
 
 def predict(
-    model: str | Path, source: str | Path, out: str | Path, policy: str = "resize", nifti: bool = False
+    model: str | Path | Sequence[str | Path],
+    source: str | Path,
+    out: str | Path,
+    policy: str = "resize",
+    nifti: bool = False,
+    **options,
 ) -> list[Path]:
-    """Segment every slice under SOURCE; returns the DICOM SEG (and NIfTI) files written."""
-    predictor = Predictor(model)
+    """Segment every slice under SOURCE (OPTIONS: the Predictor's tta, keep_largest); returns the SEG/NIfTI files."""
+    predictor = Predictor(model, **options)
     info = predictor.info
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -193,7 +198,9 @@ def predict(
 def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(prog="medseg-predict", description=__doc__.splitlines()[0])
-    parser.add_argument("model", type=Path, help="a .ckpt checkpoint or an .onnx file from medseg-export")
+    parser.add_argument(
+        "model", type=Path, nargs="+", help="a .ckpt checkpoint or an .onnx file; several .ckpt: an ensemble"
+    )
     parser.add_argument("input", type=Path, help="a DICOM file, a folder (series), or PNG/JPEG images")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument(
@@ -203,11 +210,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="resize to the training size, or slide training-size windows at native resolution",
     )
     parser.add_argument("--nifti", action="store_true", help="also write each DICOM series' labels as .nii.gz")
+    add_inference_options(parser)
     parser.add_argument("--debug", action="store_true", help="full tracebacks")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     written = run_cli(
-        "medseg-predict", args.debug, lambda: predict(args.model, args.input, args.out, args.policy, args.nifti)
+        "medseg-predict",
+        args.debug,
+        lambda: predict(args.model, args.input, args.out, args.policy, args.nifti, **inference_options(args)),
     )
     print(f"wrote masks and overlays to {args.out}" + "".join(f"\n{p}" for p in written))
 

@@ -1,6 +1,7 @@
 """Sweep reports and model tables.
 
-medseg-report MULTIRUN_DIR      markdown table of a sweep + PNG plots (Dice vs params, val Dice curves)
+medseg-report MULTIRUN_DIR      markdown table of a sweep + PNG plots (Dice vs params, val Dice curves);
+                                a sweep over data.fold also gets mean +- std per configuration across folds
 medseg-report --models          params and GFLOPs of the four PSPNets at 512x512
 """
 
@@ -11,6 +12,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -71,6 +73,28 @@ def sweep_table(records: Sequence[dict]) -> str:
             f"| {r['job']} | {r['backbone']} | {r['params'] / 1e6:.2f} | {r['gflops']:.2f} | {_fmt(r.get('val_dice'))} "
             f"| {_fmt(r.get('test_dice'))} | {r['train_time_s']:.1f} | {r['images_per_s']:.1f} |"
         )
+    return "\n".join(lines)
+
+
+def fold_table(records: Sequence[dict]) -> str:
+    """Mean +- std of val and test Dice across the folds (data.fold=k) of each configuration; '' without folds."""
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        overrides = r.get("overrides", [])
+        if not any(o.startswith("data.fold=") for o in overrides):
+            continue
+        key = " ".join(o for o in overrides if not o.startswith("data.fold=")) or "(defaults)"
+        groups.setdefault(key, []).append(r)
+    if not groups:
+        return ""
+    lines = ["| configuration | folds | val Dice | test Dice |", "|---|---|---|---|"]
+    for key, runs in groups.items():
+        cells = []
+        for metric in ("val_dice", "test_dice"):
+            values = np.array([r[metric] for r in runs if r.get(metric) is not None], dtype=float)
+            std = values.std(ddof=1) if len(values) > 1 else 0.0
+            cells.append(f"{values.mean():.4f} +- {std:.4f}" if len(values) else "n/a")
+        lines.append(f"| {key} | {len(runs)} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
 
@@ -139,6 +163,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.multirun_dir:
         records = read_results(args.multirun_dir)
         print(sweep_table(records))
+        folds = fold_table(records)
+        if folds:
+            print(f"\n{folds}")
         for path in plot_sweep(records, args.multirun_dir):
             print(f"wrote {path}")
     if not (args.models or args.multirun_dir):

@@ -11,7 +11,7 @@ from PIL import Image
 from medseg.data.augment import build_augmentation
 from medseg.data.datamodule import SegmentationDataModule
 from medseg.data.index import index_dicom, index_folder
-from medseg.data.split import split_patients, subset_patients
+from medseg.data.split import fold_split, split_patients, subset_patients
 from medseg.privacy import pseudonym
 
 from .conftest import CXR_LUNG, requires_cxr_lung
@@ -186,3 +186,62 @@ def test_cxr_lung_folder_indexes_one_patient_per_image():
     assert len(dm.splits["train"]) == 504 - 2 * round(504 * 0.15)
     image, mask = dm.dataset("val").load(0)
     assert image.shape == (64, 64, 1) and set(np.unique(mask)) == {0, 1}
+
+
+def test_folds_partition_train_and_val_and_never_touch_test():
+    parts = split_patients([f"p{i:03d}" for i in range(53)], (0.7, 0.15, 0.15), seed=3)
+    folds = [fold_split(parts, 5, k, seed=3) for k in range(5)]
+    vals = [set(f["val"]) for f in folds]
+    assert all(not (a & b) for i, a in enumerate(vals) for b in vals[i + 1 :])  # disjoint folds
+    assert set().union(*vals) == set(parts["train"]) | set(parts["val"])  # union: train+val
+    for f in folds:
+        assert f["test"] == parts["test"] and not set(f["test"]) & (set(f["train"]) | set(f["val"]))
+        assert not set(f["train"]) & set(f["val"])
+        assert len(f["train"]) + len(f["val"]) == len(parts["train"]) + len(parts["val"])
+    assert [len(v) for v in vals] == [9, 9, 9, 9, 8]  # 44 patients in 5 folds
+    with pytest.raises(ValueError, match="fold"):
+        fold_split(parts, 5, 5)
+
+
+def test_datamodule_folds_keep_a_patients_slices_together(demo_root, tmp_path):
+    dms = []
+    for k in range(3):
+        dm = SegmentationDataModule(root=str(demo_root), image_size=32, num_folds=3, fold=k, preload=False)
+        dm.setup("fit")
+        dms.append(dm)
+    assert len({tuple(dm.patients["test"]) for dm in dms}) == 1
+    for dm in dms:  # a patient's slices are all in one split
+        owners = {}
+        for name, items in dm.splits.items():
+            for s in items:
+                assert owners.setdefault(s.patient, name) == name
+    assert set().union(*(dm.patients["val"] for dm in dms)) == set(dms[0].patients["train"] + dms[0].patients["val"])
+
+
+@requires_cxr_lung()
+def test_include_and_exclude_regex_select_one_site():
+    def names(**kwargs):
+        dm = SegmentationDataModule(
+            root=str(CXR_LUNG), layout="folder", patient_regex=r"^([A-Z]+_\d+)", preload=False, **kwargs
+        )
+        dm.setup("fit")
+        return [s.image.name for items in dm.splits.values() for s in items]
+
+    montgomery = names(include_regex="^MCUCXR_")
+    shenzhen = names(exclude_regex="^MCUCXR_")
+    assert len(montgomery) == 138 and all(n.startswith("MCUCXR_") for n in montgomery)
+    assert len(shenzhen) == 366 and all(n.startswith("CHNCXR_") for n in shenzhen)
+    abnormal = names(include_regex=r"_1\.png$", exclude_regex="^CHNCXR_")  # both, combined
+    assert sorted(abnormal) == sorted(n for n in montgomery if n.endswith("_1.png")) and 0 < len(abnormal) < 138
+    with pytest.raises(ValueError, match="no image file name matches"):
+        names(include_regex="^NOSUCHSITE_")
+
+
+def test_labelled_fraction_caps_the_training_patients(demo_root):
+    full = SegmentationDataModule(root=str(demo_root), image_size=32, preload=False)
+    half = SegmentationDataModule(root=str(demo_root), image_size=32, preload=False, labelled_fraction=0.5)
+    for dm in (full, half):
+        dm.setup("fit")
+    full.data_fraction = 0.5
+    assert [s.image for s in half.train_samples()] == [s.image for s in full.train_samples()]
+    assert len({s.patient for s in half.train_samples()}) < len(set(half.patients["train"]))

@@ -15,12 +15,31 @@ from PIL import Image
 
 from medseg.config import CONFIG_DIR
 from medseg.inference import load_checkpoint_module
+from medseg.report import fold_table
 from medseg.report import main as report_main
 from medseg.training import train
 
 from .helpers import kill_when, run_train, start_train
 
 TINY = ["debug=tiny"]
+
+
+def test_fold_table_gives_mean_and_std_per_configuration():
+    records = [
+        dict(job=i, overrides=[f"data.fold={i % 3}", f"backbone={b}"], val_dice=v, test_dice=t)
+        for i, (b, v, t) in enumerate(
+            [
+                ("mobilenetv3", 0.90, 0.80),
+                ("mobilenetv3", 0.92, 0.82),
+                ("mobilenetv3", 0.94, 0.84),
+                ("resnet18", 0.5, None),
+            ]
+        )
+    ]
+    table = fold_table(records).splitlines()
+    assert table[2] == "| backbone=mobilenetv3 | 3 | 0.9200 +- 0.0200 | 0.8200 +- 0.0200 |"
+    assert table[3] == "| backbone=resnet18 | 1 | 0.5000 +- 0.0000 | n/a |"
+    assert fold_table([dict(job=0, overrides=["backbone=resnet18"], val_dice=0.5)]) == ""
 
 
 @pytest.mark.slow

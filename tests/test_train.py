@@ -131,3 +131,28 @@ def test_cxr_lung_experiment_trains_a_few_batches(make_cfg, tmp_path):
     split = (tmp_path / "cxr" / "split.json").read_text()
     assert "CHNCXR" not in split and "MCUCXR" not in split  # image paths and patients as keyed pseudonyms
     assert all(len(json.loads(split)["splits"][k]) > 0 for k in ("train", "val", "test"))
+
+
+@requires_cxr_lung()
+def test_site_transfer_experiments_compose_and_run_a_few_batches(make_cfg, tmp_path):
+    few = [
+        f"data.root={CXR_LUNG}",
+        "data.image_size=64",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+        "model.log_images=false",
+    ]
+    source = make_cfg(["experiment=cxr_transfer_source", "stage.stages.0.epochs=1", *few], tmp_path / "source")
+    assert source.data.include_regex == "^CHNCXR_" and source.stage.stages[0].lr == 2e-3
+    train(source)
+    best = tmp_path / "source" / "checkpoints" / "best.ckpt"
+    epochs = ["stage.stages.0.epochs=1", "stage.stages.1.epochs=1", "stage.stages.2.epochs=0"]
+    target = make_cfg(["experiment=cxr_transfer_target", f"init_from={best}", *epochs, *few], tmp_path / "target")
+    assert target.data.include_regex == "^MCUCXR_" and [s.lr for s in target.stage.stages] == [1e-4, 5e-5, 1e-5]
+    _, metrics = train(target)
+    assert 0.0 <= metrics["test/dice_lung"] <= 1.0
+    split = json.loads((tmp_path / "target" / "split.json").read_text())["splits"]
+    assert sum(len(v) for v in split.values()) == 138  # Montgomery only
+    constant = make_cfg(["experiment=cxr_transfer_target", f"init_from={best}", "stage=finetune", *few])
+    assert [(s.name, s.lr, s.epochs) for s in constant.stage.stages] == [("finetune", 1e-4, 32)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -24,7 +25,7 @@ from medseg.data.dataset import (
     seed_worker_augmentation,
 )
 from medseg.data.index import Sample, index_dicom, index_folder
-from medseg.data.split import split_patients, subset_patients
+from medseg.data.split import fold_split, split_patients, subset_patients
 from medseg.data.synthetic import CLASS_NAMES as DEMO_CLASSES
 from medseg.data.synthetic import ensure_demo_dataset
 from medseg.io import atomic_path
@@ -74,6 +75,17 @@ def count_pixels(masks: Iterable[np.ndarray], num_classes: int, ignore_index: in
     return counts
 
 
+def select_files(samples: list[Sample], include: str | None, exclude: str | None, root: Path) -> list[Sample]:
+    """Samples whose image file name matches INCLUDE and not EXCLUDE (regular expressions, searched)."""
+    if include is None and exclude is None:
+        return samples
+    inc, exc = (re.compile(r) if r else None for r in (include, exclude))
+    kept = [s for s in samples if (not inc or inc.search(s.image.name)) and not (exc and exc.search(s.image.name))]
+    if not kept:
+        raise ValueError(f"{root}: no image file name matches include_regex={include!r}, exclude_regex={exclude!r}")
+    return kept
+
+
 def pin_memory(trainer: L.Trainer | None) -> bool:
     """Page-locked host batches when training on CUDA."""
     return trainer is not None and "cuda" in type(trainer.accelerator).__name__.lower()
@@ -106,9 +118,13 @@ class SegmentationDataModule(SplitLoaders, L.LightningDataModule):
         mask_mapping: mask value -> class index; mask_threshold: binarise masks at this value instead.
         ignore_index: mask value ignored by loss and metrics.
         patient_regex: first group of this regex on the file name is the patient (folder layout).
+        include_regex, exclude_regex: keep only images whose file name matches / does not match (e.g. one site).
         split: train/val/test fractions of patients; seed: the split's and the subsets' seed.
+        num_folds, fold: patient-level K-fold over train+val (fold k validates); the test patients stay fixed.
         batch_size, num_workers: DataLoader settings ("auto" workers: 0 on CPU, up to 8 per GPU).
         data_fraction: share of training patients used (nested subsets); aug_strength: none|low|mid|high.
+        labelled_fraction: share of training patients available at all (label-budget studies); the stages'
+            data fractions are taken of these.
         cache_dir: where the demo dataset is generated; decode_cache: decoded-slice cache folder or None.
         preload: decode everything at setup; strict: stop at the first unreadable file.
         split_file: where the split is written (keyed pseudonyms); None to skip.
@@ -128,11 +144,16 @@ class SegmentationDataModule(SplitLoaders, L.LightningDataModule):
         mask_threshold: int | None = None,
         ignore_index: int = 255,
         patient_regex: str = r"^(.*)$",
+        include_regex: str | None = None,
+        exclude_regex: str | None = None,
         split: Sequence[float] = (0.7, 0.15, 0.15),
         seed: int = 42,
+        num_folds: int | None = None,
+        fold: int = 0,
         batch_size: int = 8,
         num_workers: int | str = "auto",
         data_fraction: float = 1.0,
+        labelled_fraction: float = 1.0,
         aug_strength: str = "mid",
         cache_dir: str = "~/.cache/medseg",
         decode_cache: str | None = None,
@@ -166,7 +187,10 @@ class SegmentationDataModule(SplitLoaders, L.LightningDataModule):
         if not root.is_dir():
             raise FileNotFoundError(f"data root not found: {root}")
         samples = index_dicom(root, hp.strict) if hp.layout == "dicom" else index_folder(root, hp.patient_regex)
+        samples = select_files(samples, hp.include_regex, hp.exclude_regex, root)
         parts = split_patients([s.patient for s in samples], hp.split, hp.seed)
+        if hp.num_folds:
+            parts = fold_split(parts, hp.num_folds, hp.fold, hp.seed)
         self.patients = parts
         self.splits = {name: [s for s in samples if s.patient in set(ids)] for name, ids in parts.items()}
         shared = {s.patient for s in self.splits["train"]} & {
@@ -235,6 +259,9 @@ class SegmentationDataModule(SplitLoaders, L.LightningDataModule):
         payload = {
             "seed": self.hparams.seed,
             "fractions": list(self.hparams.split),
+            "folds": {"num_folds": self.hparams.num_folds, "fold": self.hparams.fold}
+            if self.hparams.num_folds
+            else None,
             "splits": {
                 name: [
                     {
@@ -252,7 +279,8 @@ class SegmentationDataModule(SplitLoaders, L.LightningDataModule):
 
     def train_samples(self) -> list[Sample]:
         """Training samples of the current data_fraction (a nested, stable subset of patients)."""
-        keep = set(subset_patients(self.patients["train"], self.data_fraction, self.hparams.seed))
+        fraction = self.data_fraction * self.hparams.labelled_fraction  # subsets are prefixes of one order
+        keep = set(subset_patients(self.patients["train"], fraction, self.hparams.seed))
         return [s for s in self.splits["train"] if s.patient in keep]
 
     def dataset(self, split: str, augment: bool = False) -> SliceDataset:

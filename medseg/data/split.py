@@ -37,3 +37,18 @@ def subset_patients(patients: Iterable[str], fraction: float, seed: int = 42) ->
         raise ValueError(f"data_fraction must be in (0, 1], got {fraction}")
     order = _order(patients, seed, "subset")
     return order[: max(1, round(len(order) * fraction))]
+
+
+def fold_split(parts: dict[str, list[str]], num_folds: int, fold: int, seed: int = 42) -> dict[str, list[str]]:
+    """Patient-level K-fold over train+val of PARTS: fold FOLD validates, the others train; test stays as is."""
+    if num_folds < 2 or not 0 <= fold < num_folds:
+        raise ValueError(f"need num_folds >= 2 and 0 <= fold < num_folds, got num_folds={num_folds}, fold={fold}")
+    pool = _order(parts["train"] + parts["val"], seed, "fold")
+    if len(pool) < num_folds:
+        raise ValueError(f"{len(pool)} train+val patients cannot fill {num_folds} folds")
+    folds = [pool[i::num_folds] for i in range(num_folds)]
+    return {
+        "train": [p for i, f in enumerate(folds) if i != fold for p in f],
+        "val": folds[fold],
+        "test": list(parts["test"]),
+    }

@@ -17,7 +17,7 @@ BACKBONES: dict[str, str] = {
 
 
 class Encoder(nn.Module):
-    """The last feature map of a timm backbone at a chosen output stride."""
+    """The last feature map of a timm backbone at a chosen output stride, optionally of its first DEPTH stages."""
 
     def __init__(
         self,
@@ -26,10 +26,14 @@ class Encoder(nn.Module):
         output_stride: int = 8,
         pretrained: bool = False,
         weights_path: str | None = None,
+        depth: int | None = None,
     ) -> None:
         super().__init__()
         timm_name = BACKBONES.get(name, name)
-        kwargs = dict(features_only=True, out_indices=(-1,), in_chans=in_channels, output_stride=output_stride)
+        index = -1 if depth is None else depth - 1
+        if depth is not None and depth < 1:
+            raise ValueError(f"encoder_depth must be at least 1, got {depth}")
+        kwargs = dict(features_only=True, out_indices=(index,), in_chans=in_channels, output_stride=output_stride)
         if weights_path is not None:
             path = Path(weights_path).expanduser()
             if not path.is_file():
@@ -48,9 +52,22 @@ class Encoder(nn.Module):
                 ) from exc
         else:
             self.body = timm.create_model(timm_name, pretrained=False, **kwargs)
+        if depth is not None:
+            _drop_unused_blocks(self.body)
         self.out_channels: int = self.body.feature_info.channels()[-1]
         self.output_stride: int = self.body.feature_info.reduction()[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the deepest feature map."""
         return self.body(x)[-1]
+
+
+def _drop_unused_blocks(body: nn.Module) -> None:
+    """Remove the stages after the last returned feature (timm's MobileNetV3/EfficientNet feature
+    classes build every stage whatever the out_indices; its FeatureListNet already stops there)."""
+    blocks = getattr(body, "blocks", None)
+    if not isinstance(blocks, nn.Sequential):
+        return
+    last = body.feature_info.module_name()[-1]  # e.g. "blocks.2"
+    if last.startswith("blocks."):
+        body.blocks = blocks[: int(last.split(".")[1]) + 1]

@@ -43,6 +43,8 @@ class PSPNet(nn.Module):
         num_classes: output classes, background included.
         bins: pyramid pooling grid sizes, or a string such as "1-3-5-7".
         output_stride: 8, 16 or 32; the last encoder stages are dilated instead of strided below 32.
+        encoder_depth: use only the encoder's first k stages (as smp does; 3 = stride 8): far cheaper
+            epochs; None keeps the whole encoder.
         decoder_channels: channels of the pyramid branches and the 3x3 bottleneck.
         dropout: dropout before the classifier.
         pretrained: ask the Hugging Face hub for ImageNet weights (fails offline with a clear message).
@@ -57,6 +59,7 @@ class PSPNet(nn.Module):
         num_classes: int = 2,
         bins: Sequence[int] | str = (1, 3, 5, 7),
         output_stride: int = 8,
+        encoder_depth: int | None = None,
         decoder_channels: int = 256,
         dropout: float = 0.2,
         pretrained: bool = False,
@@ -66,7 +69,7 @@ class PSPNet(nn.Module):
         super().__init__()
         if isinstance(bins, str):  # "1-3-5-7", as sweepers pass choices
             bins = [int(b) for b in bins.replace(",", "-").split("-") if b]
-        self.encoder = Encoder(encoder_name, in_channels, output_stride, pretrained, weights_path)
+        self.encoder = Encoder(encoder_name, in_channels, output_stride, pretrained, weights_path, encoder_depth)
         self.decoder = PSPDecoder(self.encoder.out_channels, tuple(bins), decoder_channels, dropout)
         self.segmentation_head = nn.Conv2d(decoder_channels, num_classes, 1)
         self.grad_checkpointing = grad_checkpointing

@@ -1,0 +1,125 @@
+"""Test-time flips, mask post-processing, checkpoint ensembles, encoder depth and weight averaging."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medseg.evaluate import evaluate
+from medseg.export import export_checkpoint
+from medseg.inference import Predictor
+from medseg.models import PSPNet
+from medseg.models.averaging import Ensemble, TestTimeAugmented, tta_logits
+from medseg.models.encoder import BACKBONES
+from medseg.postprocess import class_indices, keep_largest
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return PSPNet("resnet18", in_channels=1, num_classes=3, decoder_channels=16, encoder_depth=3).eval()
+
+
+def test_hflip_tta_is_the_plain_prediction_on_a_symmetric_input():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(1, 3, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.copy_((conv.weight + conv.weight.flip(-1)) / 2)  # mirror-symmetric kernels: a symmetric model
+    half = torch.rand(1, 1, 48, 24)
+    x = torch.cat([half, half.flip(-1)], -1)  # left-right symmetric input
+    with torch.no_grad():
+        plain, averaged = conv(x), TestTimeAugmented(conv, ["hflip"])(x)
+    torch.testing.assert_close(averaged, plain)
+    assert torch.equal(averaged.argmax(1), plain.argmax(1))
+
+
+def test_hflip_tta_is_the_mean_of_the_two_passes(net):
+    x = torch.rand(2, 1, 40, 56)
+    with torch.no_grad():
+        expected = (net(x) + net(x.flip(-1)).flip(-1)) / 2
+        averaged = tta_logits(net, x, ["hflip"])
+    torch.testing.assert_close(averaged, expected)
+    assert not torch.allclose(averaged, net(x).detach(), atol=1e-4)  # the flip matters on a general input
+
+
+def test_ensemble_of_two_copies_gives_the_single_networks_probabilities(net):
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(Ensemble([net, net])(x).softmax(1), net(x).softmax(1))
+
+
+def test_keep_largest_removes_an_island_and_fills_a_hole():
+    clean = np.zeros((40, 40), np.uint8)
+    clean[5:35, 3:15] = 1
+    clean[5:35, 22:36] = 1  # two lungs
+    clean[12:18, 24:30] = 2  # another class inside the right one stays
+    assert np.array_equal(keep_largest(clean, {1: 2}), clean)  # identity on a clean mask
+    noisy = clean.copy()
+    noisy[37:39, 18:20] = 1  # planted island
+    noisy[20:23, 6:9] = 0  # planted hole
+    np.testing.assert_array_equal(keep_largest(noisy, {1: 2}), clean)
+    assert keep_largest(noisy, {1: 2}, fill_holes=False)[21, 7] == 0
+    assert class_indices({"lung": 2}, ["background", "lung"]) == {1: 2}
+    with pytest.raises(ValueError, match="not classes of this model"):
+        class_indices({"heart": 1}, ["background", "lung"])
+
+
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+def test_encoder_depth_sets_the_output_stride_and_keeps_odd_sizes(backbone):
+    x = torch.rand(1, 1, 67, 53)
+    full = PSPNet(backbone, num_classes=2, decoder_channels=16, output_stride=32).eval()
+    shallow = PSPNet(backbone, num_classes=2, decoder_channels=16, output_stride=32, encoder_depth=2).eval()
+    assert shallow.encoder.output_stride < full.encoder.output_stride
+    assert sum(p.numel() for p in shallow.parameters()) < sum(p.numel() for p in full.parameters())
+    with torch.no_grad():
+        assert shallow(x).shape == full(x).shape == (1, 2, 67, 53)
+
+
+def test_ensemble_and_tta_through_the_predictor_and_eval(demo_checkpoint, demo_root, tmp_path):
+    single = Predictor(demo_checkpoint)
+    pair = Predictor([demo_checkpoint, demo_checkpoint])
+    flipped = Predictor(demo_checkpoint, tta=["hflip"])
+    assert pair.info.members == 2 and flipped.info.tta == ["hflip"]
+    image = np.random.default_rng(0).random((80, 72, 1), dtype=np.float32)
+    np.testing.assert_array_equal(pair.segment(image), single.segment(image))
+    rows = {
+        name: evaluate(model, demo_root, tmp_path / name, worst=0)
+        for name, model in (("one", demo_checkpoint), ("two", [demo_checkpoint, demo_checkpoint]))
+    }
+    assert [r["dice"] for r in rows["one"]] == pytest.approx([r["dice"] for r in rows["two"]], nan_ok=True)
+    flipped_rows = evaluate(demo_checkpoint, demo_root, tmp_path / "tta", worst=0, tta=["hflip"])
+    assert len(flipped_rows) == len(rows["one"])
+
+
+@pytest.mark.slow  # two exports of a 2-member graph: about 2 minutes
+def test_ensemble_with_tta_exports_to_one_onnx_graph(demo_checkpoint, tmp_path):
+    image = np.random.default_rng(0).random((80, 72, 1), dtype=np.float32)
+    onnx_pair, errors = export_checkpoint([demo_checkpoint, demo_checkpoint], tmp_path / "pair.onnx", tta=["hflip"])
+    assert max(errors) <= 1e-4  # parity with the PyTorch ensemble at three sizes
+    ort = Predictor(onnx_pair)
+    assert ort.info.members == 2 and ort.info.tta == ["hflip"] and ort.extra_tta == []
+    np.testing.assert_array_equal(ort.segment(image), Predictor(demo_checkpoint, tta=["hflip"]).segment(image))
+    onnx_single, _ = export_checkpoint(demo_checkpoint, tmp_path / "single.onnx", tta=[])
+    added = Predictor(onnx_single, tta=["hflip"])  # flips the graph lacks are run around it
+    assert added.extra_tta == ["hflip"]
+    np.testing.assert_allclose(
+        added.logits(image.transpose(2, 0, 1)[None]), ort_logits_single_tta(demo_checkpoint, image), atol=1e-4
+    )
+
+
+def ort_logits_single_tta(checkpoint, image):
+    """Logits of CHECKPOINT with hflip TTA, in PyTorch."""
+    return Predictor(checkpoint, tta=["hflip"]).logits(image.transpose(2, 0, 1)[None])
+
+
+def test_ema_weights_are_what_the_best_checkpoint_holds(make_cfg, tmp_path):
+    from medseg.checkpoint import load_checkpoint
+    from medseg.training import train
+
+    cfg = make_cfg(["debug=tiny", "stage.stages.0.epochs=2", "callbacks=ema", "test=false", "logger=csv"])
+    train(cfg)
+    best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.ckpt")
+    assert "current_model_state" in best  # Lightning's weight averaging: state_dict holds the EMA weights
+    name = "net.segmentation_head.weight"
+    assert not torch.equal(best["state_dict"][name], best["current_model_state"][name])
