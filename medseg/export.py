@@ -48,9 +48,7 @@ def check_parity(net: torch.nn.Module, onnx_path: Path, info: ModelInfo, atol: f
     return errors
 
 
-def export_net(
-    net: torch.nn.Module, info: ModelInfo, out: str | Path, opset: int = 18, optimize: bool = True
-) -> Path:
+def export_net(net: torch.nn.Module, info: ModelInfo, out: str | Path, opset: int = 18, optimize: bool = True) -> Path:
     """Export NET with dynamic batch/height/width and INFO as metadata; returns the written path.
 
     OPTIMIZE runs onnxscript's graph optimizer (about 1.4x faster CPU inference for one network); it is

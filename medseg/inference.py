@@ -114,7 +114,7 @@ class Predictor:
             self.session = None
             modules, self.info = load_members(paths)
             self.info.tta = self.info.tta if requested is None else requested
-            self.net, self.extra_tta = inference_net(modules, self.info.tta), []
+            self.net, self.extra_tta = inference_net(modules, self.info.tta), []  # type: ignore[assignment]
         if keep_largest is not None:
             self.info.keep_largest = dict(keep_largest) or None
         self.keep = class_indices(self.info.keep_largest, self.info.class_names)

@@ -93,7 +93,7 @@ def set_class_weights(loss: nn.Module, weights: torch.Tensor | None) -> None:
     """Set class weights on a loss and every loss inside it."""
     for module in loss.modules():
         if hasattr(module, "class_weights"):
-            module.class_weights = None if weights is None else weights.float()
+            module.class_weights = None if weights is None else weights.float()  # type: ignore[assignment]
 
 
 def inverse_frequency_weights(pixel_counts: Sequence[int] | torch.Tensor) -> torch.Tensor:

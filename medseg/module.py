@@ -75,7 +75,7 @@ class SegmentationModule(L.LightningModule):
 
     def _set_weights(self, weights: torch.Tensor) -> None:
         self.class_weights.copy_(weights)
-        set_class_weights(self.criterion, self.class_weights)
+        set_class_weights(self.criterion, self.class_weights)  # type: ignore[arg-type]
         self._weights_set = True
 
     def setup(self, stage: str) -> None:
@@ -90,7 +90,7 @@ class SegmentationModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Class weights come back with the state dict: do not recompute them."""
         self._weights_set = True
-        set_class_weights(self.criterion, self.class_weights)
+        set_class_weights(self.criterion, self.class_weights)  # type: ignore[arg-type]
 
     def set_trainable(self, parts: Sequence[str]) -> None:
         """Train only the named network parts; frozen parts keep their BatchNorm statistics too."""

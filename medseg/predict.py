@@ -163,9 +163,11 @@ def predict(
     files = find_inputs(Path(source))
     dicoms = [p for p in files if p.suffix.lower() == ".dcm"]
     images = [p for p in files if p.suffix.lower() != ".dcm"]
-    segs, skipped = [], []
+    segs: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
     for uid, items in group_series(dicoms, skipped).items():
-        masks, sources = [], []
+        masks: list[np.ndarray] = []
+        sources: list[Path] = []
         for path, _ in progress(items, len(items), f"series {pseudonym(uid)}"):
             try:
                 image = load_image(Sample(path, path, "", "dicom"), info.in_channels, info.window)

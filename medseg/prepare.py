@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -132,7 +133,7 @@ def prepare(
     dtype: str = "float16",
     chunk_bytes: str = "64MB",
     compression: str | None = None,
-    **data: object,
+    **data: Any,
 ) -> dict:
     """Write SRC as litdata chunks per split into OUT; returns the metadata written to OUT/medseg.json."""
     if dtype not in ("float16", "uint8"):
@@ -187,7 +188,7 @@ def prepare(
             "refused": len(dropped),
             "chunks": _chunks(folder) if kept else [],
             # slices of every training patient in data_fraction order (subset_patients takes prefixes of it)
-            "patient_items": [per_patient[p] for p in sorted(rank, key=rank.get)] if name == "train" else [],
+            "patient_items": [per_patient[p] for p in sorted(rank, key=rank.__getitem__)] if name == "train" else [],
         }
         log.info("%s: %d patients, %d slices, %d refused", name, len(per_patient), len(kept), len(dropped))
     if not meta["splits"]["train"]["items"] or not meta["splits"]["val"]["items"]:

@@ -10,9 +10,11 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from medseg.callbacks.progressive import Stage
 from medseg.checkpoint import SafeCheckpointIO, UnsafeCheckpoint, is_url, load_checkpoint
 from medseg.config import validate_config  # also registers the resolvers
 from medseg.io import atomic_path
+from medseg.models import PARTS
 from medseg.report import RESULTS_FILE, append_result, count_params_flops
 from medseg.tracking import log_run_summary
 
@@ -72,7 +74,7 @@ def record_sweep_result(cfg: DictConfig, model: L.LightningModule, trainer: L.Tr
         return
     size = cfg.data.image_size
     size = (size, size) if isinstance(size, int) else tuple(size)
-    params, gflops = count_params_flops(model.net, cfg.data.in_channels, size)
+    params, gflops = count_params_flops(model.net, cfg.data.in_channels, size)  # type: ignore[arg-type]
     images = trainer.global_step * cfg.data.batch_size
     append_result(
         Path(HydraConfig.get().sweep.dir) / RESULTS_FILE,
@@ -113,13 +115,14 @@ def train(cfg: DictConfig) -> tuple[float | None, dict]:
     ckpt_path = resume_path(cfg.get("ckpt_path"), remote)
     plugins = [SafeCheckpointIO(allow_remote=remote)]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
-    first = cfg.stage.stages[0]
+    first = Stage(**OmegaConf.to_container(cfg.stage.stages[0], resolve=True))  # type: ignore[arg-type]
     if cfg.get("init_from"):
         load_weights(model, cfg.init_from, remote)
-    elif str(first.name) in ("2", "3") and not ckpt_path:
-        log.warning("stage %s starts without init_from: training from the encoder's initial weights", first.name)
+    elif not ckpt_path and set(first.trainable) != set(PARTS):
+        frozen = sorted(set(PARTS) - set(first.trainable))
+        log.warning("stage %s freezes %s without init_from: those parts keep their initial weights", first.name, frozen)
     for logger in trainer.loggers:  # every tracker gets the whole resolved config
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
     start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}

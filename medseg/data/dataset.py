@@ -54,9 +54,9 @@ def load_mask(
     """Read labels (PNG, NIfTI volume or DICOM SEG) as uint8 class indices, mapped and validated."""
     name = sample.mask.name.lower()
     if name.endswith((".nii", ".nii.gz")):
-        raw = nifti_slice(sample.mask, meta, shape)
+        raw = nifti_slice(sample.mask, meta, shape)  # type: ignore[arg-type]  # volumes come with their DICOM
     elif name.endswith(".dcm"):
-        raw = seg_slice(sample.mask, meta)
+        raw = seg_slice(sample.mask, meta)  # type: ignore[arg-type]
     else:
         raw = read_png(sample.mask)
     if threshold is not None:
@@ -127,7 +127,7 @@ class SliceDataset(Dataset):
             entry = self.cache.put(sample, *self.prepare(sample))
         return entry[0].astype(np.float32), entry[1]
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
         return {**to_tensors(*self.load(index), self.augment), "index": index}
 
 

@@ -149,7 +149,7 @@ def read_frames(path: str | Path, window=None, voi_index: int = 0, frames=None) 
         if len(wanted) < count:  # decode only the requested frames of a multi-frame file
             pixels = {i: pixel_array(ds, index=i) for i in wanted}
         else:
-            pixels = ds.pixel_array if count > 1 else ds.pixel_array[None]
+            pixels = ds.pixel_array if count > 1 else ds.pixel_array[None]  # type: ignore[assignment]
     except Exception as exc:  # missing codec, truncated or corrupt data
         raise ValueError(f"{path}: cannot decode pixel data ({type(exc).__name__}: {_first_line(exc)})") from exc
     out = []

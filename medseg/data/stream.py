@@ -31,8 +31,10 @@ class SegmentationStream(StreamingDataset):
 
     def _keep_first(self, limit: int) -> None:
         """Restrict to the first LIMIT items (whole chunks, then part of one), as litdata's own subsample does."""
-        files, roi = [], []
-        for name, (start, end) in zip(self.subsampled_files, self.region_of_interest, strict=True):
+        files: list[str] = []
+        roi: list[tuple[int, int]] = []
+        chunks = zip(self.subsampled_files, self.region_of_interest, strict=True)  # type: ignore[has-type]
+        for name, (start, end) in chunks:
             if limit <= 0:
                 break
             take = min(end - start, limit)

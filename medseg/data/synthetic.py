@@ -97,7 +97,7 @@ def render_slice(anat: dict, z: float, size: int, rng: np.random.Generator) -> t
             lesion = _ellipse(yy, xx, ly, lx, les["r"] * np.sqrt(s), les["r"] * np.sqrt(s)) & organ
             hu[lesion] = les["hu"]
             labels[lesion] = 2
-    hu = _downsample(hu) + rng.normal(0.0, 12.0, (size, size))
+    hu = (_downsample(hu) + rng.normal(0.0, 12.0, (size, size))).astype(np.float32)
     # A pixel takes the label covering most of it (ties go to the higher class).
     fractions = np.stack([_downsample((labels == k).astype(np.float32)) for k in range(3)])
     fractions += np.arange(3)[:, None, None] * 1e-3

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -19,7 +19,7 @@ def check_tta(tta: Sequence[str]) -> list[str]:
     return list(tta)
 
 
-def tta_logits(net: nn.Module, x: torch.Tensor, tta: Sequence[str]) -> torch.Tensor:
+def tta_logits(net: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tta: Sequence[str]) -> torch.Tensor:
     """Mean of NET's logits over the plain input and each flipped input (flipped back), in one batched pass."""
     if not tta:
         return net(x)

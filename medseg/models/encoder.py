@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -33,7 +34,9 @@ class Encoder(nn.Module):
         index = -1 if depth is None else depth - 1
         if depth is not None and depth < 1:
             raise ValueError(f"encoder_depth must be at least 1, got {depth}")
-        kwargs = dict(features_only=True, out_indices=(index,), in_chans=in_channels, output_stride=output_stride)
+        kwargs: dict[str, Any] = dict(
+            features_only=True, out_indices=(index,), in_chans=in_channels, output_stride=output_stride
+        )
         if weights_path is not None:
             path = Path(weights_path).expanduser()
             if not path.is_file():

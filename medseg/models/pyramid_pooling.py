@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _bin_matrix(size: torch.Tensor | int, bins: int, device, dtype) -> torch.Tensor:
+def _bin_matrix(size: int, bins: int, device, dtype) -> torch.Tensor:
     """[bins, size] averaging matrix with the same bin edges as nn.AdaptiveAvgPool."""
     idx = torch.arange(size, device=device)
     b = torch.arange(bins, device=device)
