@@ -166,22 +166,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     add_inference_options(parser)
     parser.add_argument("--debug", action="store_true", help="full tracebacks")
     args = parser.parse_args(argv)
-    run_cli(
-        "medseg-eval",
-        args.debug,
-        lambda: evaluate(
-            args.model,
-            args.data_dir,
-            args.out,
-            mask_threshold=args.mask_threshold,
-            mask_mapping=args.mask_mapping,
-            worst=args.worst,
-            patient_regex=args.patient_regex,
-            split_file=args.split_file,
-            split=args.split,
-            **inference_options(args),
-        ),
-    )
+    keys = ("mask_threshold", "mask_mapping", "worst", "patient_regex", "split_file", "split")
+    options = {key: getattr(args, key) for key in keys} | inference_options(args)
+    run_cli("medseg-eval", args.debug, lambda: evaluate(args.model, args.data_dir, args.out, **options))
     with open(args.out / "summary.csv") as handle:
         print(handle.read())
 

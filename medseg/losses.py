@@ -18,14 +18,21 @@ def _valid_onehot(logits: torch.Tensor, target: torch.Tensor, ignore_index: int 
     return logits.softmax(dim=1), onehot, valid.unsqueeze(1).to(logits.dtype)
 
 
-class DiceLoss(nn.Module):
+class _WeightedLoss(nn.Module):
+    """A per-pixel class loss with an ignored label value and optional class weights (a non-saved buffer)."""
+
+    def __init__(self, ignore_index: int | None = 255, class_weights=None) -> None:
+        super().__init__()
+        self.ignore_index = ignore_index
+        self.register_buffer("class_weights", _as_tensor(class_weights), persistent=False)
+
+
+class DiceLoss(_WeightedLoss):
     """1 - soft Dice per class over the batch, averaged over the classes present in the target."""
 
     def __init__(self, smooth: float = 1.0, ignore_index: int | None = 255, class_weights=None) -> None:
-        super().__init__()
+        super().__init__(ignore_index, class_weights)
         self.smooth = smooth
-        self.ignore_index = ignore_index
-        self.register_buffer("class_weights", _as_tensor(class_weights), persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Loss for [B, C, H, W] logits and [B, H, W] class indices."""
@@ -40,14 +47,12 @@ class DiceLoss(nn.Module):
         return ((1 - dice) * weights).sum() / weights.sum().clamp_min(1e-8)
 
 
-class FocalLoss(nn.Module):
+class FocalLoss(_WeightedLoss):
     """Multi-class focal loss, mean over valid pixels; gamma 0 is (weighted) cross-entropy."""
 
     def __init__(self, gamma: float = 2.0, ignore_index: int | None = 255, class_weights=None) -> None:
-        super().__init__()
+        super().__init__(ignore_index, class_weights)
         self.gamma = gamma
-        self.ignore_index = ignore_index
-        self.register_buffer("class_weights", _as_tensor(class_weights), persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Loss for [B, C, H, W] logits and [B, H, W] class indices."""

@@ -198,7 +198,8 @@ def test_folds_partition_train_and_val_and_never_touch_test():
         assert f["test"] == parts["test"] and not set(f["test"]) & (set(f["train"]) | set(f["val"]))
         assert not set(f["train"]) & set(f["val"])
         assert len(f["train"]) + len(f["val"]) == len(parts["train"]) + len(parts["val"])
-    assert [len(v) for v in vals] == [9, 9, 9, 9, 8]  # 44 patients in 5 folds
+    sizes = [len(v) for v in vals]
+    assert sum(sizes) == len(parts["train"]) + len(parts["val"]) and max(sizes) - min(sizes) <= 1  # balanced
     with pytest.raises(ValueError, match="fold"):
         fold_split(parts, 5, 5)
 
