@@ -58,11 +58,13 @@ def one_line(exc: BaseException) -> str:
     return text
 
 
-def add_inference_options(parser: argparse.ArgumentParser) -> None:
-    """--tta and --keep-largest, as medseg-eval and medseg-predict take them (default: the model's own)."""
+def add_inference_options(parser: argparse.ArgumentParser, keep_largest: bool = True) -> None:
+    """--tta (and --keep-largest) as medseg-eval, -predict and -export take them (default: the model's own)."""
     parser.add_argument(
         "--tta", nargs="*", default=None, metavar="FLIP", help="test-time flips: hflip, vflip (none: no TTA)"
     )
+    if not keep_largest:
+        return
     parser.add_argument(
         "--keep-largest",
         nargs="*",
