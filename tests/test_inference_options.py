@@ -108,6 +108,7 @@ def test_ensemble_with_tta_exports_to_one_onnx_graph(demo_checkpoint, tmp_path):
     np.testing.assert_allclose(added.logits(batch), flipped.logits(batch), atol=1e-4)
 
 
+@pytest.mark.slow  # a 2-epoch training run
 def test_ema_weights_are_what_the_best_checkpoint_holds(make_cfg, tmp_path):
     from medseg.checkpoint import load_checkpoint
     from medseg.training import train

@@ -170,6 +170,7 @@ def test_killed_mid_epoch_resumes_and_finishes(cache_dir, tmp_path):
     assert final["global_step"] == 48 and final["epoch"] == 2  # 3 full epochs of 16 steps: none lost
 
 
+@pytest.mark.slow  # two identical training runs
 def test_same_seed_same_dice(make_cfg, tmp_path):
     overrides = ["stage.stages.0.epochs=2", "trainer.limit_train_batches=4", "test=false", "seed=7", *TINY]
     first, _ = train(make_cfg(overrides, tmp_path / "a"))

@@ -20,15 +20,14 @@ def check_tta(tta: Sequence[str]) -> list[str]:
 
 
 def tta_logits(net: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tta: Sequence[str]) -> torch.Tensor:
-    """Mean of NET's logits over the plain input and each flipped input (flipped back), in one batched pass."""
-    if not tta:
-        return net(x)
-    flips = [TTA_FLIPS[name] for name in tta]
-    logits = net(torch.cat([x, *(x.flip(dims) for dims in flips)])).chunk(1 + len(flips))
-    total = logits[0]
-    for dims, view in zip(flips, logits[1:], strict=True):
-        total = total + view.flip(dims)
-    return total / (1 + len(flips))
+    """Mean of NET's logits over the plain input and each flipped input (flipped back).
+
+    One pass per view: a batch made of the views would fix the batch size of an exported ONNX graph."""
+    logits = net(x)
+    for name in tta:
+        dims = TTA_FLIPS[name]
+        logits = logits + net(x.flip(dims)).flip(dims)
+    return logits / (1 + len(tta))
 
 
 class TestTimeAugmented(nn.Module):
