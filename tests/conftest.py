@@ -21,6 +21,25 @@ os.environ.pop("MEDSEG_SECRET", None)
 os.environ["MEDSEG_KEY_FILE"] = str(Path(tempfile.mkdtemp(prefix="medseg-key-")) / "secret.key")
 
 
+def pytest_configure(config) -> None:
+    """Under pytest-xdist, share the cores among the workers (and the train.py runs they start)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers:
+        import torch
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests of the trained demo checkpoint run on one xdist worker, which trains it once."""
+    for item in items:
+        if "demo_checkpoint" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("demo_checkpoint"))
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     """A private MEDSEG_CACHE holding the demo dataset, generated once per session."""

@@ -233,7 +233,7 @@ def test_config_mistakes_end_in_one_line(args, expected, cache_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_killed_before_the_first_checkpoint_resumes_to_the_full_run(cache_dir, tmp_path):
+def test_killed_before_the_first_checkpoint_resumes_to_the_full_run(cache_dir, make_cfg, tmp_path):
     run, resumed = tmp_path / "run", tmp_path / "resumed"
     args = ["stage.stages.0.epochs=2", "trainer.limit_train_batches=3", "test=false", "debug=tiny"]
     proc = start_train([*args, f"hydra.run.dir={run}"], cache_dir)
@@ -241,7 +241,7 @@ def test_killed_before_the_first_checkpoint_resumes_to_the_full_run(cache_dir, t
     last = run / "checkpoints" / "last.ckpt"
     assert not last.exists()
     assert resume_path(str(last)) is None  # a run folder without a checkpoint yet: start again
-    run_train([*args, f"hydra.run.dir={resumed}", f"ckpt_path={last}"], cache_dir)
+    train(make_cfg([*args, f"ckpt_path={last}"], resumed))  # in-process: train.py resumes through train()
     final = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     epochs = final["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
     assert epochs == 2 and final["global_step"] == 2 * 3  # every step of both epochs

@@ -149,7 +149,7 @@ def _progress(checkpoint: Path) -> tuple[int, int] | None:
 
 
 @pytest.mark.slow
-def test_killed_mid_epoch_resumes_and_finishes(cache_dir, tmp_path):
+def test_killed_mid_epoch_resumes_and_finishes(cache_dir, make_cfg, tmp_path):
     run, resumed = tmp_path / "run", tmp_path / "resumed"
     # 64 training slices, batch 4 -> 16 steps per epoch; last.ckpt every 3 steps
     args = [
@@ -164,7 +164,7 @@ def test_killed_mid_epoch_resumes_and_finishes(cache_dir, tmp_path):
     kill_when(proc, lambda: (p := _progress(last)) is not None and p[0] > 16 and p[0] % 16 != 0, poll=0.2)
     step, processed = _progress(last)
     assert processed == 1 and 16 < step < 32, (step, processed)  # killed inside the second epoch
-    run_train([*args, f"hydra.run.dir={resumed}", f"ckpt_path={last}"], cache_dir)
+    train(make_cfg([*args, f"ckpt_path={last}"], resumed))  # in-process: train.py resumes through train()
     assert sorted(p.name for p in (resumed / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
     final = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert final["global_step"] == 48 and final["epoch"] == 2  # 3 full epochs of 16 steps: none lost

@@ -124,7 +124,7 @@ def _last_step(checkpoint: Path) -> int | None:
 
 
 @pytest.mark.slow
-def test_killed_mid_epoch_resumes_without_repeating_or_skipping(prepared, cache_dir, tmp_path):
+def test_killed_mid_epoch_resumes_without_repeating_or_skipping(prepared, cache_dir, make_cfg, tmp_path):
     run, resumed = tmp_path / "run", tmp_path / "resumed"
     args = [
         "data=stream",
@@ -136,17 +136,14 @@ def test_killed_mid_epoch_resumes_without_repeating_or_skipping(prepared, cache_
         "test=false",
         "model.log_images=false",
         "+callbacks.record_ids._target_=tests.helpers.RecordIds",
-        "+callbacks.record_ids.delay=0.3",
     ]
-    proc = start_train([*args, f"hydra.run.dir={run}", f"+callbacks.record_ids.path={run}.jsonl"], cache_dir)
+    killed = [f"hydra.run.dir={run}", f"+callbacks.record_ids.path={run}.jsonl", "+callbacks.record_ids.delay=0.3"]
+    proc = start_train([*args, *killed], cache_dir)
     last = run / "checkpoints" / "last.ckpt"
     assert kill_when(proc, lambda: 16 < (_last_step(last) or 0) < 30)  # a step checkpoint inside the second epoch
     saved = _last_step(last)
     assert saved is not None and 16 < saved < 32, saved
-    run_train(
-        [*args, f"hydra.run.dir={resumed}", f"+callbacks.record_ids.path={resumed}.jsonl", f"ckpt_path={last}"],
-        cache_dir,
-    )
+    train(make_cfg([*args, f"+callbacks.record_ids.path={resumed}.jsonl", f"ckpt_path={last}"], resumed))
     first, second = read_ids(f"{run}.jsonl"), read_ids(f"{resumed}.jsonl")
     assert second[0]["step"] == saved + 1  # the resumed run starts right after the checkpoint
     before = [r for r in first if r["epoch"] == 1 and r["step"] <= saved]

@@ -107,7 +107,7 @@ def test_experiment_settings_override_the_main_config(make_cfg):
     assert cfg.data.layout == "folder" and cfg.data.image_size == 256 and cfg.model.channels_last
 
 
-@pytest.mark.slow  # the transfer experiments test runs the cxr_lung tree in the fast tier
+@pytest.mark.slow  # a short training run on real X-rays
 @requires_cxr_lung()
 def test_cxr_lung_experiment_trains_a_few_batches(make_cfg, tmp_path):
     cfg = make_cfg(
@@ -134,6 +134,7 @@ def test_cxr_lung_experiment_trains_a_few_batches(make_cfg, tmp_path):
     assert all(len(json.loads(split)["splits"][k]) > 0 for k in ("train", "val", "test"))
 
 
+@pytest.mark.slow  # two short training runs on real X-rays
 @requires_cxr_lung()
 def test_site_transfer_experiments_compose_and_run_a_few_batches(make_cfg, tmp_path):
     few = [
