@@ -58,13 +58,16 @@ def one_line(exc: BaseException) -> str:
     return text
 
 
-def add_inference_options(parser: argparse.ArgumentParser, keep_largest: bool = True) -> None:
-    """--tta (and --keep-largest) as medseg-eval, -predict and -export take them (default: the model's own)."""
+def add_tta_option(parser: argparse.ArgumentParser) -> None:
+    """--tta, as medseg-eval, -predict and -export take it (default: the model's own flips)."""
     parser.add_argument(
         "--tta", nargs="*", default=None, metavar="FLIP", help="test-time flips: hflip, vflip (none: no TTA)"
     )
-    if not keep_largest:
-        return
+
+
+def add_inference_options(parser: argparse.ArgumentParser) -> None:
+    """--tta and --keep-largest, as medseg-eval and medseg-predict take them (default: the model's own)."""
+    add_tta_option(parser)
     parser.add_argument(
         "--keep-largest",
         nargs="*",

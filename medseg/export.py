@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import torch
 
-from medseg.cli import add_inference_options, run_cli
+from medseg.cli import add_tta_option, run_cli
 from medseg.inference import METADATA_KEY, ModelInfo, Predictor, load_members
 from medseg.io import atomic_path
 from medseg.models.averaging import check_tta, inference_net
@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("checkpoint", type=Path, nargs="+", help="one checkpoint, or several to ensemble")
     parser.add_argument("--out", type=Path, required=True, help="output .onnx file")
     parser.add_argument("--atol", type=float, default=1e-4, help="max |logit| difference ORT vs PyTorch")
-    add_inference_options(parser, keep_largest=False)  # --tta: flips averaged inside the graph
+    add_tta_option(parser)  # flips averaged inside the graph
     parser.add_argument("--int8", action="store_true", help="also write an INT8 model (<out>.int8.onnx)")
     parser.add_argument("--tolerance", type=float, default=0.02, help="max validation Dice drop for INT8")
     parser.add_argument("--calibration-batches", type=int, default=8)
