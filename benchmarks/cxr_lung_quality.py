@@ -2,13 +2,15 @@
 
     pip install segmentation-models-pytorch   # for the smp reference row only
     python benchmarks/cxr_lung_quality.py [--models mobilenetv3 efficientnet_b0 resnet18 convnext_tiny smp]
-                                          [--budget-min 30]
+                                          [--budget-min 30] [--seeds 0 1 2]
 
 Every model trains with `experiment=cxr_lung_scratch` (one stage, AdamW 2e-3, cosine decay, 256x256,
 70/15/15 patient split). Each model gets as many epochs as fit the budget, estimated from a few timed
 steps, with `trainer.max_time` as a hard stop. `smp` is segmentation_models_pytorch's PSPNet with its
 defaults (encoder depth 3 = output stride 8, 512 PSP channels) on the mobilenetv3 timm encoder.
-Prints a markdown table and the evaluation command of each best checkpoint.
+With several `--seeds` every model trains once per seed on the same patient split (the split keeps
+the experiment's seed) and a second table gives mean +- std across seeds. Prints markdown tables and
+the evaluation command of each best checkpoint.
 """
 
 from __future__ import annotations
@@ -33,16 +35,21 @@ SETUP_S = 60  # data setup, first validation images and checkpoint writes, per r
 WARMUP_STEPS, TIMED_STEPS = 4, 4
 
 
-def configure(model: str, out: Path, experiment: str = "cxr_lung_scratch"):
+def configure(model: str, out: Path, experiment: str = "cxr_lung_scratch", seed: int | None = None):
     """The experiment config for MODEL: a backbone, 'smp' (smp's PSPNet on mobilenetv3), or
-    'NAME:key=value,key=value' (a variant: overrides on top of the experiment)."""
+    'NAME:key=value,key=value' (a variant: overrides on top of the experiment); SEED changes the
+    training seed only, never the patient split."""
     name, _, extra = model.partition(":")
     backbone = "mobilenetv3" if name == "smp" or name not in BACKBONES else name
     extra = [o for o in extra.split(",") if o]
     overrides = [f"data.root={CXR}", "callbacks.progress_bar=null", *extra]
     if not any(o.startswith("backbone=") for o in extra):
         overrides.insert(0, f"backbone={backbone}")
-    cfg = compose_config([f"experiment={experiment}", *overrides], out / name.replace("/", "_"))
+    run = name.replace("/", "_") + ("" if seed is None else f"_seed{seed}")
+    cfg = compose_config([f"experiment={experiment}", *overrides], out / run)
+    if seed is not None:
+        with open_dict(cfg):
+            cfg.data.seed, cfg.seed = int(cfg.data.seed), seed  # the split stays the experiment's
     if name == "smp":
         with open_dict(cfg):
             cfg.model.net = OmegaConf.create(
@@ -101,12 +108,28 @@ def test_scores(cfg, best: Path) -> dict[str, float]:
     return {k: float(np.nanmean(v)) for k, v in scores.items()}
 
 
+def print_seed_summary(models: list[str], rows: list) -> None:
+    """Mean +- std across seeds of each model's val Dice, test Dice and per-image test Dice with and without TTA."""
+    keys = {"best val Dice": "best/val/dice_mean", "test Dice": "test/dice_mean", "per-image test Dice": "dice"}
+    keys["with hflip TTA"] = "dice_tta"
+    print("\n| model | seeds | " + " | ".join(keys) + " |\n|---|---|" + "---|" * len(keys))
+    for model in models:
+        runs = [m for label, _, m, _ in rows if label.rsplit(" seed ", 1)[0] == model]
+        cells = []
+        for key in keys.values():
+            values = [float(m.get(key, float("nan"))) for m in runs]
+            spread = statistics.stdev(values) if len(values) > 1 else float("nan")
+            cells.append(f"{statistics.mean(values):.4f} +- {spread:.4f}")
+        print(f"| {model} | {len(runs)} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     """Train every model within the budget and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=[*BACKBONES, "smp"])
     parser.add_argument("--budget-min", type=float, default=30.0)
     parser.add_argument("--experiment", default="cxr_lung_scratch")
+    parser.add_argument("--seeds", nargs="+", type=int, help="training seeds (default: the experiment's)")
     parser.add_argument("--epoch-times", action="store_true", help="only estimate each model's epoch time")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "benchmarks" / "cxr_lung_quality")
     args = parser.parse_args()
@@ -116,14 +139,14 @@ def main() -> None:
     rows = []
     if args.epoch_times:
         print("| model | params (M) | s per epoch |\n|---|---|---|")
-    for model in args.models:
-        cfg = configure(model, args.out, args.experiment)
-        per_epoch = epoch_seconds(cfg)
+    for model, seed in [(m, s) for m in args.models for s in args.seeds or [None]]:
+        cfg = configure(model, args.out, args.experiment, seed)
         if args.epoch_times:
             params = sum(p.numel() for p in instantiate(cfg.model, _recursive_=False).parameters()) / 1e6
-            print(f"| {model} | {params:.2f} | {per_epoch:.1f} |", flush=True)
+            print(f"| {model} | {params:.2f} | {epoch_seconds(cfg):.1f} |", flush=True)
             continue
-        epochs = max(1, int((args.budget_min * 60 - SETUP_S) / (per_epoch * 1.05)))
+        if seed is None or seed == args.seeds[0]:  # every seed of a model trains the same number of epochs
+            epochs = max(1, int((args.budget_min * 60 - SETUP_S) / (epoch_seconds(cfg) * 1.05)))
         with open_dict(cfg):
             cfg.stage.stages[0].epochs = epochs
             cfg.trainer.max_epochs = epochs
@@ -132,8 +155,9 @@ def main() -> None:
         _, metrics = train(cfg)
         best = Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt"
         metrics.update(test_scores(cfg, best))
-        rows.append((model, epochs, metrics, best))
-        print(f"{model}: {epochs} epochs, {metrics}", flush=True)
+        label = model if seed is None else f"{model} seed {seed}"
+        rows.append((label, epochs, metrics, best))
+        print(f"{label}: {epochs} epochs, {metrics}", flush=True)
     if args.epoch_times:
         return
     print(f"\ncxr_lung, 256x256, random init, budget {args.budget_min:g} min of training on this machine\n")
@@ -148,6 +172,8 @@ def main() -> None:
             f"| {m.get('test/dice_mean', float('nan')):.4f} | {m['dice']:.4f} | {m['dice_tta']:.4f} "
             f"| {m['hd95']:.1f} | {m['hd95_tta']:.1f} |"
         )
+    if args.seeds and len(args.seeds) > 1:
+        print_seed_summary(args.models, rows)
     for model, _, _, best in rows:
         run = best.parent.parent
         split = run / "split.json"

@@ -76,20 +76,28 @@ def sweep_table(records: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+# overrides that change how a run is driven or logged, not what it trains: a resumed fold is the same configuration
+RUN_CONTROL = ("data.fold=", "ckpt_path=", "hydra.", "callbacks.progress_bar=", "model.log_images=", "logger")
+
+
 def fold_table(records: Sequence[dict]) -> str:
-    """Mean +- std of val and test Dice across the folds (data.fold=k) of each configuration; '' without folds."""
-    groups: dict[str, list[dict]] = {}
+    """Mean +- std of val and test Dice across the folds (data.fold=k) of each configuration; '' without folds.
+
+    Run-control overrides (resume checkpoint, progress bar, logging) do not split a configuration; a fold run
+    more than once counts once, with its latest record."""
+    groups: dict[str, dict[str, dict]] = {}
     for r in records:
         overrides = r.get("overrides", [])
-        if not any(o.startswith("data.fold=") for o in overrides):
+        fold = next((o for o in overrides if o.startswith("data.fold=")), None)
+        if fold is None:
             continue
-        key = " ".join(o for o in overrides if not o.startswith("data.fold=")) or "(defaults)"
-        groups.setdefault(key, []).append(r)
+        key = " ".join(sorted(o for o in overrides if not o.startswith(RUN_CONTROL))) or "(defaults)"
+        groups.setdefault(key, {})[fold] = r
     if not groups:
         return ""
     lines = ["| configuration | folds | val Dice | test Dice |", "|---|---|---|---|"]
-    for key, runs in groups.items():
-        cells = []
+    for key, folds in groups.items():
+        runs, cells = list(folds.values()), []
         for metric in ("val_dice", "test_dice"):
             values = np.array([r[metric] for r in runs if r.get(metric) is not None], dtype=float)
             std = values.std(ddof=1) if len(values) > 1 else 0.0

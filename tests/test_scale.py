@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 from pathlib import Path
 
 import lightning as L
@@ -40,6 +42,17 @@ def test_fold_table_gives_mean_and_std_per_configuration():
     assert table[2] == "| backbone=mobilenetv3 | 3 | 0.9200 +- 0.0200 | 0.8200 +- 0.0200 |"
     assert table[3] == "| backbone=resnet18 | 1 | 0.5000 +- 0.0000 | n/a |"
     assert fold_table([dict(job=0, overrides=["backbone=resnet18"], val_dice=0.5)]) == ""
+
+
+def test_fold_table_counts_a_resumed_or_rerun_fold_once_in_its_configuration():
+    common, resume = ["data.num_folds=3", "callbacks.progress_bar=null"], "ckpt_path=/runs/fold1/last.ckpt"
+    records = [
+        dict(job=0, overrides=[*common, "data.fold=0"], val_dice=0.90, test_dice=0.80),
+        dict(job=0, overrides=[*common, "data.fold=1", resume], val_dice=0.1, test_dice=0.1),
+        dict(job=1, overrides=["data.fold=1", resume, *common], val_dice=0.94, test_dice=0.84),
+    ]
+    table = fold_table(records).splitlines()
+    assert table[2:] == ["| data.num_folds=3 | 2 | 0.9200 +- 0.0283 | 0.8200 +- 0.0283 |"]
 
 
 @pytest.mark.slow
@@ -149,7 +162,7 @@ def _progress(checkpoint: Path) -> tuple[int, int] | None:
 
 
 @pytest.mark.slow
-def test_killed_mid_epoch_resumes_and_finishes(cache_dir, make_cfg, tmp_path):
+def test_killed_mid_epoch_resumes_and_finishes(cache_dir, make_cfg, tmp_path, caplog):
     run, resumed = tmp_path / "run", tmp_path / "resumed"
     # 64 training slices, batch 4 -> 16 steps per epoch; last.ckpt every 3 steps
     args = [
@@ -164,10 +177,15 @@ def test_killed_mid_epoch_resumes_and_finishes(cache_dir, make_cfg, tmp_path):
     kill_when(proc, lambda: (p := _progress(last)) is not None and p[0] > 16 and p[0] % 16 != 0, poll=0.2)
     step, processed = _progress(last)
     assert processed == 1 and 16 < step < 32, (step, processed)  # killed inside the second epoch
-    train(make_cfg([*args, f"ckpt_path={last}"], resumed))  # in-process: train.py resumes through train()
+    with caplog.at_level(logging.INFO, logger="medseg.progress"):
+        train(make_cfg([*args, f"ckpt_path={last}"], resumed))  # in-process: train.py resumes through train()
     assert sorted(p.name for p in (resumed / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
     final = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert final["global_step"] == 48 and final["epoch"] == 2  # 3 full epochs of 16 steps: none lost
+    lines = [r.getMessage() for r in caplog.records if r.name == "medseg.progress"]
+    assert [line.split()[1] for line in lines] == ["2/3", "3/3"], lines
+    elapsed, eta = re.search(r"elapsed ([\d:]+) eta ([\d:]+)", lines[0]).groups()
+    assert eta == elapsed, lines[0]  # one epoch run since the resume, one to go
 
 
 @pytest.mark.slow  # two identical training runs

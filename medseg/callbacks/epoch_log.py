@@ -28,6 +28,7 @@ class EpochLog(Callback):
     def __init__(self, only_without_terminal: bool = True) -> None:
         self.only_without_terminal = only_without_terminal
         self._fit_start = self._epoch_start = 0.0
+        self._first_epoch = 0
         self._loss_sum, self._batches, self._lr = 0.0, 0, float("nan")
 
     @property
@@ -37,6 +38,7 @@ class EpochLog(Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._fit_start = self._epoch_start = time.perf_counter()  # a resumed run may start mid-epoch
+        self._first_epoch = trainer.current_epoch  # the ETA's rate counts only the epochs this process ran
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_start = time.perf_counter()
@@ -55,7 +57,7 @@ class EpochLog(Callback):
         now = time.perf_counter()
         epoch, total = trainer.current_epoch + 1, trainer.max_epochs or 0
         elapsed = now - self._fit_start
-        eta = elapsed / epoch * max(total - epoch, 0)
+        eta = elapsed / max(epoch - self._first_epoch, 1) * max(total - epoch, 0)
         metrics = trainer.callback_metrics
         schedule = next((c for c in trainer.callbacks if hasattr(c, "stage_index")), None)
         stage = schedule.stages[schedule.stage_index(trainer.current_epoch)].name if schedule else "-"
