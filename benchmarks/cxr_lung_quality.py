@@ -55,6 +55,7 @@ def configure(model: str, out: Path, experiment: str = "cxr_lung_scratch", seed:
             cfg.model.net = OmegaConf.create(
                 {"_target_": "smp_reference.smp_pspnet", "encoder_name": backbone, "in_channels": cfg.data.in_channels}
             )
+            cfg.test = False  # checkpoints naming code outside medseg are refused on load: scored by test_scores
     return cfg
 
 

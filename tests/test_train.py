@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from medseg.models.encoder import BACKBONES
@@ -105,6 +106,17 @@ def test_experiment_settings_override_the_main_config(make_cfg):
     assert cfg.model.scheduler._target_ == "torch.optim.lr_scheduler.CosineAnnealingLR"
     assert [s.name for s in cfg.stage.stages] == ["full"] and cfg.trainer.max_epochs == cfg.stage.stages[0].epochs
     assert cfg.data.layout == "folder" and cfg.data.image_size == 256 and cfg.model.channels_last
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml")))
+def test_every_experiment_composes_to_a_network_that_keeps_the_input_size(make_cfg, experiment):
+    cfg = make_cfg([f"experiment={experiment}"])
+    assert cfg.trainer.max_epochs == sum(s.epochs for s in cfg.stage.stages)
+    net = instantiate(cfg.model.net).eval()
+    with torch.no_grad():
+        assert net(torch.zeros(1, cfg.data.in_channels, 65, 63)).shape[-2:] == (65, 63)
+    if experiment == "cxr_lung_fast":  # the documented most-Dice-per-CPU-minute network
+        assert cfg.model.net.encoder_depth == 3 and cfg.callbacks.ema.decay == 0.99
 
 
 @pytest.mark.slow  # a short training run on real X-rays
