@@ -109,19 +109,30 @@ def test_scores(cfg, best: Path) -> dict[str, float]:
     return {k: float(np.nanmean(v)) for k, v in scores.items()}
 
 
+SEED_SUMMARY = {
+    "best val Dice": "best/val/dice_mean",
+    "test Dice": "test/dice_mean",
+    "per-image test Dice": "dice",
+    "with hflip TTA": "dice_tta",
+}
+
+
 def print_seed_summary(models: list[str], rows: list) -> None:
     """Mean +- std across seeds of each model's val Dice, test Dice and per-image test Dice with and without TTA."""
-    keys = {"best val Dice": "best/val/dice_mean", "test Dice": "test/dice_mean", "per-image test Dice": "dice"}
-    keys["with hflip TTA"] = "dice_tta"
+    keys = SEED_SUMMARY
     print("\n| model | seeds | " + " | ".join(keys) + " |\n|---|---|" + "---|" * len(keys))
     for model in models:
-        runs = [m for label, _, m, _ in rows if label.rsplit(" seed ", 1)[0] == model]
+        runs = [m for name, _, _, m, _ in rows if name == model]
         cells = []
         for key in keys.values():
             values = [float(m.get(key, float("nan"))) for m in runs]
             spread = statistics.stdev(values) if len(values) > 1 else float("nan")
             cells.append(f"{statistics.mean(values):.4f} +- {spread:.4f}")
         print(f"| {model} | {len(runs)} | " + " | ".join(cells) + " |")
+
+
+def _label(model: str, seed: int | None) -> str:
+    return model if seed is None else f"{model} seed {seed}"
 
 
 def main() -> None:
@@ -156,9 +167,8 @@ def main() -> None:
         _, metrics = train(cfg)
         best = Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt"
         metrics.update(test_scores(cfg, best))
-        label = model if seed is None else f"{model} seed {seed}"
-        rows.append((label, epochs, metrics, best))
-        print(f"{label}: {epochs} epochs, {metrics}", flush=True)
+        rows.append((model, seed, epochs, metrics, best))
+        print(f"{_label(model, seed)}: {epochs} epochs, {metrics}", flush=True)
     if args.epoch_times:
         return
     print(f"\ncxr_lung, 256x256, random init, budget {args.budget_min:g} min of training on this machine\n")
@@ -167,18 +177,20 @@ def main() -> None:
         "| HD95 px | HD95 px, TTA |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
-    for model, epochs, m, _ in rows:
+    for model, seed, epochs, m, _ in rows:
         print(
-            f"| {model} | {epochs} | {m['train_time_s'] / 60:.1f} | {m.get('best/val/dice_mean', float('nan')):.4f} "
+            f"| {_label(model, seed)} | {epochs} | {m['train_time_s'] / 60:.1f} "
+            f"| {m.get('best/val/dice_mean', float('nan')):.4f} "
             f"| {m.get('test/dice_mean', float('nan')):.4f} | {m['dice']:.4f} | {m['dice_tta']:.4f} "
             f"| {m['hd95']:.1f} | {m['hd95_tta']:.1f} |"
         )
     if args.seeds and len(args.seeds) > 1:
         print_seed_summary(args.models, rows)
-    for model, _, _, best in rows:
+    for model, seed, _, _, best in rows:
         run = best.parent.parent
         split = run / "split.json"
-        print(f"\n{model}: medseg-eval {best} {CXR} --out {run / 'eval'} --mask-threshold 128 --split-file {split}")
+        command = f"medseg-eval {best} {CXR} --out {run / 'eval'} --mask-threshold 128 --split-file {split}"
+        print(f"\n{_label(model, seed)}: {command}")
 
 
 if __name__ == "__main__":

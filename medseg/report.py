@@ -76,7 +76,8 @@ def sweep_table(records: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-# overrides that change how a run is driven or logged, not what it trains: a resumed fold is the same configuration
+# overrides left out of a fold's configuration: the fold itself, and what drives or logs a run without changing
+# what it trains (a resumed fold is the same configuration)
 RUN_CONTROL = ("data.fold=", "ckpt_path=", "hydra.", "callbacks.progress_bar=", "model.log_images=", "logger")
 
 
