@@ -35,13 +35,25 @@ SETUP_S = 60  # data setup, first validation images and checkpoint writes, per r
 WARMUP_STEPS, TIMED_STEPS = 4, 4
 
 
+def split_overrides(text: str) -> list[str]:
+    """'a=1,b=[1,2],c={x:1,y:2}' -> ['a=1', 'b=[1,2]', 'c={x:1,y:2}']: commas split only outside brackets."""
+    parts, depth, current = [], 0, ""
+    for char in text + ",":
+        depth += (char in "[{") - (char in "]}")
+        if char == "," and depth == 0:
+            parts, current = [*parts, current] if current else parts, ""
+        else:
+            current += char
+    return parts
+
+
 def configure(model: str, out: Path, experiment: str = "cxr_lung_scratch", seed: int | None = None):
     """The experiment config for MODEL: a backbone, 'smp' (smp's PSPNet on mobilenetv3), or
-    'NAME:key=value,key=value' (a variant: overrides on top of the experiment); SEED changes the
-    training seed only, never the patient split."""
+    'NAME:key=value,key=value' (a variant: overrides on top of the experiment; commas inside [] or {}
+    stay with their value); SEED changes the training seed only, never the patient split."""
     name, _, extra = model.partition(":")
     backbone = "mobilenetv3" if name == "smp" or name not in BACKBONES else name
-    extra = [o for o in extra.split(",") if o]
+    extra = split_overrides(extra)
     overrides = [f"data.root={CXR}", "callbacks.progress_bar=null", *extra]
     if not any(o.startswith("backbone=") for o in extra):
         overrides.insert(0, f"backbone={backbone}")
@@ -59,11 +71,14 @@ def configure(model: str, out: Path, experiment: str = "cxr_lung_scratch", seed:
     return cfg
 
 
-def epoch_seconds(cfg) -> float:
-    """Estimated seconds per epoch (training steps + validation) from timed steps after a warm-up."""
+def epoch_seconds(cfg, stage: int = 0) -> float:
+    """Estimated seconds per epoch of STAGE (training steps at its image size + validation) from timed steps."""
+    from medseg.callbacks import ProgressiveSchedule
+
     torch.manual_seed(0)
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.setup("fit")
+    datamodule.train_size = ProgressiveSchedule(cfg.stage.stages).stages[stage].size
     module = instantiate(cfg.model, _recursive_=False)
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3)
     batch = next(iter(datamodule.train_dataloader()))
@@ -83,6 +98,14 @@ def epoch_seconds(cfg) -> float:
     n_train = len(datamodule.splits["train"]) // cfg.data.batch_size
     n_val = math.ceil(len(datamodule.splits["val"]) / cfg.data.batch_size)
     return n_train * statistics.median(times[WARMUP_STEPS:]) + n_val * eval_s
+
+
+def fit_epochs(cfg, budget_s: float) -> list[int]:
+    """Epochs per stage that fill BUDGET_S: the stages' epochs scaled by one factor (one stage: all it can run)."""
+    seconds = [epoch_seconds(cfg, i) * 1.05 for i in range(len(cfg.stage.stages))]
+    planned = [max(int(stage.epochs), 1) for stage in cfg.stage.stages]
+    scale = (budget_s - SETUP_S) / sum(e * s for e, s in zip(planned, seconds, strict=True))
+    return [max(1, int(e * scale)) for e in planned]
 
 
 def test_scores(cfg, best: Path) -> dict[str, float]:
@@ -158,10 +181,11 @@ def main() -> None:
             print(f"| {model} | {params:.2f} | {epoch_seconds(cfg):.1f} |", flush=True)
             continue
         if seed is None or seed == args.seeds[0]:  # every seed of a model trains the same number of epochs
-            epochs = max(1, int((args.budget_min * 60 - SETUP_S) / (epoch_seconds(cfg) * 1.05)))
+            epochs = fit_epochs(cfg, args.budget_min * 60)
         with open_dict(cfg):
-            cfg.stage.stages[0].epochs = epochs
-            cfg.trainer.max_epochs = epochs
+            for stage, n in zip(cfg.stage.stages, epochs, strict=True):
+                stage.epochs = n
+            cfg.trainer.max_epochs = sum(epochs)
             seconds = round(args.budget_min * 60)
             cfg.trainer.max_time = f"00:{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
         _, metrics = train(cfg)
@@ -179,7 +203,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for model, seed, epochs, m, _ in rows:
         print(
-            f"| {_label(model, seed)} | {epochs} | {m['train_time_s'] / 60:.1f} "
+            f"| {_label(model, seed)} | {'+'.join(map(str, epochs))} | {m['train_time_s'] / 60:.1f} "
             f"| {m.get('best/val/dice_mean', float('nan')):.4f} "
             f"| {m.get('test/dice_mean', float('nan')):.4f} | {m['dice']:.4f} | {m['dice_tta']:.4f} "
             f"| {m['hd95']:.1f} | {m['hd95_tta']:.1f} |"

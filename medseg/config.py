@@ -90,6 +90,13 @@ def _number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _size(value) -> bool:
+    """A positive integer or [height, width] of positive integers."""
+    return _positive_int(value) or (
+        isinstance(value, list | tuple) and len(value) == 2 and all(map(_positive_int, value))
+    )
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Check the values a run needs before anything is decoded; raise one ValueError naming the key."""
     data = cfg.data
@@ -97,11 +104,7 @@ def validate_config(cfg: DictConfig) -> None:
         raise ValueError("data.root is required with this data config: the folder to train on")
     checks = {
         "data.batch_size": (data.get("batch_size"), _positive_int, "a positive integer"),
-        "data.image_size": (
-            data.get("image_size"),
-            lambda v: _positive_int(v) or (isinstance(v, list | tuple) and len(v) == 2 and all(map(_positive_int, v))),
-            "a positive integer or [height, width]",
-        ),
+        "data.image_size": (data.get("image_size"), _size, "a positive integer or [height, width]"),
         "data.num_workers": (
             data.get("num_workers"),
             lambda v: v == "auto" or (isinstance(v, int) and v >= 0),
@@ -123,6 +126,11 @@ def validate_config(cfg: DictConfig) -> None:
             "an integer >= 0",
         )
         checks[f"stage.stages.{i}.lr"] = (stage.get("lr"), lambda v: _number(v) and v > 0, "a positive number")
+        checks[f"stage.stages.{i}.image_size"] = (
+            stage.get("image_size"),
+            lambda v: v is None or _size(v),
+            "null, a positive integer or [height, width]",
+        )
     for key, (value, ok, expected) in checks.items():
         value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
         if not ok(value):

@@ -118,3 +118,41 @@ def test_single_stage_configs_equal_the_progressive_entries(make_cfg):
     for i, name in enumerate(("1", "2", "3")):
         (single,) = make_cfg([f"stage={name}"]).stage.stages
         assert single == stages[i], name
+
+
+def test_warmup_cosine_warms_up_then_decays_and_restarts_each_stage(make_cfg, tmp_path):
+    schedule = "{_target_:medseg.schedulers.WarmupCosineLR,_partial_:true,T_max:1,warmup_epochs:1}"
+    stages = ["stage.stages.0.epochs=4", "stage.stages.1.epochs=4", "stage.stages.2.epochs=0"]
+    overrides = [f"model.scheduler={schedule}", *FAST, "trainer.limit_train_batches=1"]
+    cfg = make_cfg(["stage=progressive", *stages, *overrides])
+    train(cfg)
+    lrs = [v for _, v in per_epoch(read_events(Path(cfg.paths.output_dir) / "tensorboard"), "lr-AdamW")]
+    shape = [0.5, 1.0, 0.75, 0.25]  # warm-up epoch at base / 2, then (1 + cos(pi * t / 3)) / 2 for t = 0, 1, 2
+    assert lrs == pytest.approx([1e-4 * s for s in shape] + [5e-5 * s for s in shape], rel=1e-6)
+
+
+def test_low_resolution_stage_trains_on_smaller_images_and_validates_at_full_size(make_cfg, tmp_path, caplog):
+    from types import SimpleNamespace
+
+    from hydra.utils import instantiate
+
+    from medseg.callbacks import ProgressiveSchedule
+
+    stages = ["stage.stages.0.epochs=1", "+stage.stages.0.image_size=32", "stage.stages.1.epochs=1"]
+    cfg = make_cfg(["stage=progressive", *stages, "stage.stages.2.epochs=0", *FAST, "trainer.limit_train_batches=2"])
+    with caplog.at_level("INFO", logger="medseg"):
+        train(cfg)
+    events = read_events(Path(cfg.paths.output_dir) / "tensorboard")
+    assert [v for _, v in per_epoch(events, "schedule/image_height")] == [32, 64]
+    assert "images 32x32" in caplog.text
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.setup("fit")
+    schedule = ProgressiveSchedule(cfg.stage.stages)
+    shapes = []
+    for epoch in (0, 1):  # what the callback sets for each stage's epochs, as the loaders see it
+        schedule._apply_data(SimpleNamespace(datamodule=datamodule), epoch)
+        batch = next(iter(datamodule.train_dataloader()))
+        assert set(batch["mask"].unique().tolist()) <= set(range(len(cfg.data.class_names)))
+        shapes.append((tuple(batch["image"].shape[-2:]), tuple(batch["mask"].shape[-2:])))
+    assert shapes == [((32, 32), (32, 32)), ((64, 64), (64, 64))]
+    assert next(iter(datamodule.val_dataloader()))["image"].shape[-2:] == (64, 64)

@@ -224,6 +224,7 @@ def test_convert_strict_leaves_a_manifest_and_rerun_notices_changed_labels(demo_
     [
         (["data.batch_size=abc"], "data.batch_size: expected a positive integer"),
         (["data=folder"], "data.root is required"),
+        (["+stage.stages.0.image_size=[64]"], "stage.stages.0.image_size: expected null, a positive integer or"),
     ],
 )
 def test_config_mistakes_end_in_one_line(args, expected, cache_dir, tmp_path):

@@ -13,6 +13,7 @@ import torch
 from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from medseg.config import validate_config
 from medseg.models.encoder import BACKBONES
 from medseg.training import train
 
@@ -115,8 +116,10 @@ def test_every_experiment_composes_to_a_network_that_keeps_the_input_size(make_c
     net = instantiate(cfg.model.net).eval()
     with torch.no_grad():
         assert net(torch.zeros(1, cfg.data.in_channels, 65, 63)).shape[-2:] == (65, 63)
-    if experiment == "cxr_lung_fast":  # the documented most-Dice-per-CPU-minute network
+    if experiment == "cxr_lung_fast":  # the documented most-Dice-per-CPU-minute network and schedule
         assert cfg.model.net.encoder_depth == 3 and cfg.callbacks.ema.decay == 0.99
+        assert [s.get("image_size") for s in cfg.stage.stages] == [128, None]
+    validate_config(cfg)
 
 
 @pytest.mark.slow  # a short training run on real X-rays

@@ -25,6 +25,9 @@ class Stage:
         lr: learning rate of every parameter group at the stage start (schedulers restart from it).
         data_fraction: share of training patients (nested subsets).
         aug_strength: none, low, mid or high.
+        image_size: training images resized to this size (an int or [height, width]) before augmentation,
+            e.g. low-resolution epochs before full-resolution ones; None keeps `data.image_size`. Validation
+            and test always run at `data.image_size`.
         train: network parts that train (`medseg.models.PARTS`), or ["all"]; the others are frozen.
     """
 
@@ -34,6 +37,15 @@ class Stage:
     data_fraction: float = 1.0
     aug_strength: str = "mid"
     train: Sequence[str] = field(default_factory=lambda: ["all"])
+    image_size: int | Sequence[int] | None = None
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        """The stage's training size as (height, width), or None for the data's own size."""
+        if self.image_size is None:
+            return None
+        size = (self.image_size, self.image_size) if isinstance(self.image_size, int) else tuple(self.image_size)
+        return int(size[0]), int(size[1])
 
     @property
     def trainable(self) -> tuple[str, ...]:
@@ -76,7 +88,7 @@ class ProgressiveSchedule(Callback):
         stage = self.stages[self.stage_index(epoch)]
         dm = trainer.datamodule
         if dm is not None:
-            dm.data_fraction, dm.aug_strength = stage.data_fraction, stage.aug_strength
+            dm.data_fraction, dm.aug_strength, dm.train_size = stage.data_fraction, stage.aug_strength, stage.size
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._apply_data(trainer, self._start_epoch)
@@ -107,6 +119,9 @@ class ProgressiveSchedule(Callback):
             scheduler.last_epoch = 0
             if hasattr(scheduler, "T_max"):
                 scheduler.T_max = stage.epochs
+            if hasattr(scheduler, "lr_at"):  # schedules with a closed form start where they begin (a warm-up)
+                for group, lr in zip(scheduler.optimizer.param_groups, scheduler.lr_at(0), strict=True):
+                    group["lr"] = lr
 
     def _enter(self, trainer: L.Trainer, pl_module: L.LightningModule, index: int) -> None:
         """Set learning rate, reset schedulers and freeze parts for stage INDEX."""
@@ -115,23 +130,26 @@ class ProgressiveSchedule(Callback):
             self._reset_lr(trainer, stage)
         pl_module.set_trainable(stage.trainable)
         log.info(
-            "stage %s: lr %g, data %.0f%%, augmentation %s, training %s",
+            "stage %s: lr %g, data %.0f%%, augmentation %s, training %s%s",
             stage.name,
             stage.lr,
             100 * stage.data_fraction,
             stage.aug_strength,
             ", ".join(stage.trainable),
+            "" if stage.size is None else f", images {stage.size[0]}x{stage.size[1]}",
         )
         self._current = index
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         index = self.stage_index(trainer.current_epoch)
         stage = self.stages[index]
+        size = stage.size or getattr(trainer.datamodule, "image_size", None)
         pl_module.log_dict(
             {  # the learning rate itself is LearningRateMonitor's curve
                 "schedule/stage": float(stage.name) if stage.name.isdigit() else float(index + 1),
                 "schedule/data_fraction": stage.data_fraction,
                 "schedule/aug_strength": float(STRENGTHS.index(stage.aug_strength)),
+                **({"schedule/image_height": float(size[0])} if size else {}),
             },
             on_step=False,
             on_epoch=True,

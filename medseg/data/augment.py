@@ -15,15 +15,20 @@ _PARAMS = {
 }
 
 
-def build_augmentation(strength: str, seed: int | None = None) -> A.Compose | None:
-    """Geometric and intensity augmentation (masks nearest-neighbour, no colour jitter); SEED makes it repeatable."""
+def build_augmentation(strength: str, seed: int | None = None, size: tuple[int, int] | None = None) -> A.Compose | None:
+    """Geometric and intensity augmentation (masks nearest-neighbour, no colour jitter); SEED makes it repeatable.
+
+    SIZE (height, width) resizes image and mask first (progressive resizing: augmenting fewer pixels costs less).
+    """
     if strength not in STRENGTHS:
         raise ValueError(f"unknown augmentation strength {strength!r}; choose from {STRENGTHS}")
+    nearest = cv2.INTER_NEAREST
+    resize = [] if size is None else [A.Resize(*size, interpolation=cv2.INTER_AREA, mask_interpolation=nearest)]
     if strength == "none":
-        return None
+        return A.Compose(resize, seed=seed) if resize else None
     rot, scale, shift, p_elastic, p_grid, bc, p = _PARAMS[strength]
     border = dict(border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0)
-    transforms = [
+    transforms: list = [
         A.Affine(
             rotate=(-rot, rot),
             scale=(1 - scale, 1 + scale),
@@ -41,4 +46,4 @@ def build_augmentation(strength: str, seed: int | None = None) -> A.Compose | No
         )
     if p_grid:
         transforms.append(A.GridDistortion(distort_limit=0.2, mask_interpolation=cv2.INTER_NEAREST, p=p_grid, **border))
-    return A.Compose(transforms, seed=seed)
+    return A.Compose(resize + transforms, seed=seed)

@@ -94,6 +94,15 @@ def pin_memory(trainer: L.Trainer | None) -> bool:
 class SplitLoaders:
     """train/val/test dataloaders from a data module's `dataset(split, augment)` and `_loader(dataset, train)`."""
 
+    image_size: tuple[int, int]
+    aug_strength: str
+    train_size: tuple[int, int] | None = None  # a stage's training size (progressive resizing); None: image_size
+
+    def train_transform(self, seed: int | None):
+        """The training augmentation at the current strength, resized to the stage's `train_size` if it differs."""
+        size = self.train_size if self.train_size and tuple(self.train_size) != tuple(self.image_size) else None
+        return build_augmentation(self.aug_strength, seed, size)
+
     def train_dataloader(self):
         return self._loader(self.dataset("train", augment=True), train=True)
 
@@ -288,7 +297,7 @@ class SegmentationDataModule(SplitLoaders, L.LightningDataModule):
         samples = self.train_samples() if split == "train" else self.splits[split]
         self._train_loaders += augment  # a new augmentation stream for every (re)loaded training epoch
         seed = self.hparams.seed * 10007 + self._train_loaders
-        transform = build_augmentation(self.aug_strength, seed) if augment else None
+        transform = self.train_transform(seed) if augment else None
         return SliceDataset(samples, self._prepare, self._cache, transform, seed)
 
     def _loader(self, dataset: SliceDataset, train: bool) -> DataLoader:

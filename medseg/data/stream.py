@@ -10,7 +10,6 @@ import lightning as L
 import numpy as np
 from litdata import StreamingDataLoader, StreamingDataset
 
-from medseg.data.augment import build_augmentation
 from medseg.data.datamodule import SplitLoaders, count_pixels, loader_workers, pin_memory
 from medseg.data.dataset import seed_worker_augmentation, to_tensors
 from medseg.data.prepared import SPLITS, read_metadata, verify_chunks
@@ -127,7 +126,7 @@ class StreamDataModule(SplitLoaders, L.LightningDataModule):
         train = split == "train"
         return SegmentationStream(
             f"{self.root.rstrip('/')}/{split}",
-            transform=build_augmentation(self.aug_strength, self.hparams.seed) if augment else None,
+            transform=self.train_transform(self.hparams.seed) if augment else None,
             limit=self.train_items() if train else None,
             shuffle=train,
             drop_last=train,  # every rank the same number of training batches; never drop evaluation samples
