@@ -94,7 +94,7 @@ def pin_memory(trainer: L.Trainer | None) -> bool:
 class SplitLoaders:
     """train/val/test dataloaders from a data module's `dataset(split, augment)` and `_loader(dataset, train)`."""
 
-    image_size: tuple[int, int]
+    image_size: tuple[int, ...]
     aug_strength: str
     train_size: tuple[int, int] | None = None  # a stage's training size (progressive resizing); None: image_size
 
