@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
@@ -24,7 +25,7 @@ class WarmupCosineLR(LRScheduler):
         self.T_max, self.warmup_epochs, self.eta_min = T_max, warmup_epochs, eta_min
         super().__init__(optimizer, last_epoch)
 
-    def lr_at(self, epoch: int) -> list[float]:
+    def lr_at(self, epoch: int) -> list[float | Tensor]:
         """Learning rate of each parameter group at EPOCH (0-based, within the current cycle)."""
         warmup = min(self.warmup_epochs, self.T_max - 1)
         if epoch < warmup:
@@ -32,6 +33,6 @@ class WarmupCosineLR(LRScheduler):
         t = min(epoch - warmup, self.T_max - warmup) / max(self.T_max - warmup, 1)
         return [self.eta_min + (base - self.eta_min) * (1 + math.cos(math.pi * t)) / 2 for base in self.base_lrs]
 
-    def get_lr(self) -> list[float]:
+    def get_lr(self) -> list[float | Tensor]:
         """Learning rates of the current epoch (closed form: restarts only need `last_epoch` reset)."""
         return self.lr_at(self.last_epoch)
