@@ -71,29 +71,42 @@ def configure(model: str, out: Path, experiment: str = "cxr_lung_scratch", seed:
     return cfg
 
 
-def epoch_seconds(cfg, stage: int = 0) -> float:
-    """Estimated seconds per epoch of STAGE (training steps at its image size + validation) from timed steps."""
+def epoch_seconds(cfg, stages: int = 1) -> list[float]:
+    """Estimated seconds per epoch of each of the first STAGES stages (training steps at the stage's image
+    size + validation) from timed steps; the data are decoded once for all of them."""
     from medseg.callbacks import ProgressiveSchedule
 
-    torch.manual_seed(0)
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.setup("fit")
-    datamodule.train_size = ProgressiveSchedule(cfg.stage.stages).stages[stage].size
+    schedule = ProgressiveSchedule(cfg.stage.stages)
+    seconds = []
+    for stage in schedule.stages[:stages]:
+        datamodule.train_size = stage.size
+        seconds.append(_stage_epoch_seconds(cfg, datamodule))
+    return seconds
+
+
+def _stage_epoch_seconds(cfg, datamodule) -> float:
+    """Seconds per epoch of DATAMODULE's current training loader (loading, augmentation and steps), plus
+    validation at the data's own size."""
+    torch.manual_seed(0)
     module = instantiate(cfg.model, _recursive_=False)
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3)
-    batch = next(iter(datamodule.train_dataloader()))
+    batches = iter(datamodule.train_dataloader())
     times = []
-    for _ in range(WARMUP_STEPS + TIMED_STEPS):  # the first steps are slower (kernel selection, allocations)
+    for _ in range(WARMUP_STEPS + TIMED_STEPS):  # the first steps are slower (workers, kernel selection)
         start = time.perf_counter()
+        batch = next(batches)
         optimizer.zero_grad(set_to_none=True)
         module.criterion(module(batch["image"]), batch["mask"]).backward()
         optimizer.step()
         times.append(time.perf_counter() - start)
     module.eval()
+    images = next(iter(datamodule.val_dataloader()))["image"]
     with torch.no_grad():
         start = time.perf_counter()
         for _ in range(3):
-            module(batch["image"])
+            module(images)
         eval_s = (time.perf_counter() - start) / 3
     n_train = len(datamodule.splits["train"]) // cfg.data.batch_size
     n_val = math.ceil(len(datamodule.splits["val"]) / cfg.data.batch_size)
@@ -102,7 +115,7 @@ def epoch_seconds(cfg, stage: int = 0) -> float:
 
 def fit_epochs(cfg, budget_s: float) -> list[int]:
     """Epochs per stage that fill BUDGET_S: the stages' epochs scaled by one factor (one stage: all it can run)."""
-    seconds = [epoch_seconds(cfg, i) * 1.05 for i in range(len(cfg.stage.stages))]
+    seconds = [s * 1.05 for s in epoch_seconds(cfg, len(cfg.stage.stages))]
     planned = [max(int(stage.epochs), 1) for stage in cfg.stage.stages]
     scale = (budget_s - SETUP_S) / sum(e * s for e, s in zip(planned, seconds, strict=True))
     return [max(1, int(e * scale)) for e in planned]
@@ -178,7 +191,7 @@ def main() -> None:
         cfg = configure(model, args.out, args.experiment, seed)
         if args.epoch_times:
             params = sum(p.numel() for p in instantiate(cfg.model, _recursive_=False).parameters()) / 1e6
-            print(f"| {model} | {params:.2f} | {epoch_seconds(cfg):.1f} |", flush=True)
+            print(f"| {model} | {params:.2f} | {epoch_seconds(cfg)[0]:.1f} |", flush=True)
             continue
         if seed is None or seed == args.seeds[0]:  # every seed of a model trains the same number of epochs
             epochs = fit_epochs(cfg, args.budget_min * 60)

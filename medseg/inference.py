@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from medseg.checkpoint import load_checkpoint
+from medseg.data.augment import size_pair
 from medseg.models.averaging import check_tta, inference_net, tta_logits
 from medseg.postprocess import class_indices, keep_largest
 
@@ -41,11 +42,10 @@ class ModelInfo:
 def checkpoint_info(checkpoint: dict) -> ModelInfo:
     """ModelInfo from a Lightning checkpoint's model and data module hyper-parameters."""
     data, hparams = checkpoint.get("datamodule_hyper_parameters", {}), checkpoint["hyper_parameters"]
-    size = data.get("image_size", 256)
     return ModelInfo(
         class_names=list(hparams["class_names"]),
         in_channels=int(data.get("in_channels", hparams["net"].get("in_channels", 1))),
-        image_size=[size, size] if isinstance(size, int) else list(size),
+        image_size=list(size_pair(data.get("image_size", 256))),
         size_policy=data.get("size_policy", "stretch"),
         window=data.get("window"),
         tta=list(hparams.get("tta") or []),

@@ -5,23 +5,26 @@ from __future__ import annotations
 from pathlib import Path
 
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+
+from medseg.data.augment import size_pair
 
 FINAL_METRICS = {"hparams/best_val_dice": "best/val/dice_mean", "hparams/test_dice": "test/dice_mean"}
 
 
 def key_hyperparameters(cfg: DictConfig) -> dict:
-    """The settings a sweep is compared by: backbone, loss, stages, lr, image size, bins, output stride."""
+    """The settings a sweep is compared by: backbone, loss, stages, lr, image size, bins, output stride
+    (those a network of another `_target_` does not have are left empty)."""
     net = cfg.model.net
-    size = cfg.data.image_size
+    bins, stride = net.get("bins"), net.get("output_stride")
     return {
-        "backbone": str(net.encoder_name),
+        "backbone": str(net.get("encoder_name") or net.get("_target_")),
         "loss": str(cfg.model.loss._target_).rsplit(".", 1)[-1],
         "stage": "+".join(str(s.name) for s in cfg.stage.stages),
         "lr": float(cfg.stage.stages[0].lr),
-        "image_size": "x".join(str(s) for s in (size if OmegaConf.is_list(size) else [size, size])),
-        "bins": ",".join(str(b) for b in net.bins),
-        "output_stride": int(net.get("output_stride", 8)),
+        "image_size": "x".join(str(s) for s in size_pair(cfg.data.image_size)),
+        "bins": "" if bins is None else ",".join(str(b) for b in bins),
+        "output_stride": "" if stride is None else int(stride),
     }
 
 

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from medseg.callbacks.progressive import Stage
 from medseg.checkpoint import SafeCheckpointIO, UnsafeCheckpoint, is_url, load_checkpoint
 from medseg.config import validate_config  # also registers the resolvers
+from medseg.data.augment import size_pair
 from medseg.io import atomic_path
 from medseg.models import PARTS
 from medseg.report import RESULTS_FILE, append_result, count_params_flops
@@ -72,8 +73,7 @@ def record_sweep_result(cfg: DictConfig, model: L.LightningModule, trainer: L.Tr
 
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN or trainer.global_rank != 0:
         return
-    size = cfg.data.image_size
-    size = (size, size) if isinstance(size, int) else tuple(size)
+    size = size_pair(cfg.data.image_size)
     params, gflops = count_params_flops(model.net, cfg.data.in_channels, size)  # type: ignore[arg-type]
     images = trainer.global_step * cfg.data.batch_size
     append_result(

@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 
 import pytest
+from omegaconf import open_dict
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+from medseg.tracking import key_hyperparameters
 from medseg.training import train
 
 from .helpers import run_train
@@ -65,6 +67,15 @@ def test_tensorboard_hparams_view_and_schedule_scalars(make_cfg, tmp_path):
     scalars = set(events.Tags()["scalars"])
     assert {"schedule/stage", "schedule/data_fraction", "schedule/aug_strength", "lr-AdamW"} <= scalars
     assert not [t for t in scalars if t.startswith("lr") and t != "lr-AdamW"]
+
+
+def test_hparams_summary_of_a_network_without_pspnet_settings(make_cfg):
+    cfg = make_cfg(["data.image_size=[48,64]"])
+    with open_dict(cfg):
+        cfg.model.net = {"_target_": "my_lab.nets.unet", "in_channels": 1}  # a user's own network
+    hparams = key_hyperparameters(cfg)
+    assert hparams["backbone"] == "my_lab.nets.unet" and hparams["image_size"] == "48x64"
+    assert hparams["bins"] == "" and hparams["output_stride"] == ""
 
 
 @pytest.mark.slow

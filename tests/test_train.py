@@ -15,6 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from medseg.config import validate_config
 from medseg.models.encoder import BACKBONES
+from medseg.postprocess import class_indices
 from medseg.training import train
 
 from .conftest import CXR_LUNG, requires_cxr_lung
@@ -119,6 +120,7 @@ def test_every_experiment_composes_to_a_network_that_keeps_the_input_size(make_c
     if experiment == "cxr_lung_fast":  # the documented most-Dice-per-CPU-minute network and schedule
         assert cfg.model.net.encoder_depth == 3 and cfg.callbacks.ema.decay == 0.99
         assert [s.get("image_size") for s in cfg.stage.stages] == [128, None]
+        assert class_indices(cfg.model.keep_largest, cfg.data.class_names) == {1: 2}  # two lungs, holes filled
     validate_config(cfg)
 
 

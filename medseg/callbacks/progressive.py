@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from medseg.data.augment import STRENGTHS
+from medseg.data.augment import STRENGTHS, size_pair
 from medseg.models import PARTS
 
 log = logging.getLogger(__name__)
@@ -42,10 +42,7 @@ class Stage:
     @property
     def size(self) -> tuple[int, int] | None:
         """The stage's training size as (height, width), or None for the data's own size."""
-        if self.image_size is None:
-            return None
-        size = (self.image_size, self.image_size) if isinstance(self.image_size, int) else tuple(self.image_size)
-        return int(size[0]), int(size[1])
+        return None if self.image_size is None else size_pair(self.image_size)
 
     @property
     def trainable(self) -> tuple[str, ...]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import albumentations as A
 import cv2
 
@@ -13,6 +15,12 @@ _PARAMS = {
     "mid": (15, 0.10, 0.05, 0.2, 0.2, 0.2, 0.7),
     "high": (25, 0.15, 0.08, 0.4, 0.4, 0.3, 0.9),
 }
+
+
+def size_pair(size: int | Sequence[int]) -> tuple[int, int]:
+    """An image size given as an int or [height, width], as (height, width)."""
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    return int(height), int(width)
 
 
 def build_augmentation(strength: str, seed: int | None = None, size: tuple[int, int] | None = None) -> A.Compose | None:

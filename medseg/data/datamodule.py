@@ -14,7 +14,7 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader
 
-from medseg.data.augment import build_augmentation
+from medseg.data.augment import build_augmentation, size_pair
 from medseg.data.cache import DecodeCache
 from medseg.data.dataset import (
     MaskValueError,
@@ -173,8 +173,7 @@ class SegmentationDataModule(SplitLoaders, L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
-        size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-        self.image_size = tuple(int(s) for s in size)
+        self.image_size = size_pair(image_size)
         self.class_names = list(class_names)
         self.data_fraction = data_fraction
         self.aug_strength = aug_strength

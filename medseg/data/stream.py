@@ -10,6 +10,7 @@ import lightning as L
 import numpy as np
 from litdata import StreamingDataLoader, StreamingDataset
 
+from medseg.data.augment import size_pair
 from medseg.data.datamodule import SplitLoaders, count_pixels, loader_workers, pin_memory
 from medseg.data.dataset import seed_worker_augmentation, to_tensors
 from medseg.data.prepared import SPLITS, read_metadata, verify_chunks
@@ -87,8 +88,7 @@ class StreamDataModule(SplitLoaders, L.LightningDataModule):
         settings = self.meta["settings"]
         self._check("class_names", class_names, settings["class_names"])
         self._check("in_channels", in_channels, settings["in_channels"])
-        size = [image_size, image_size] if isinstance(image_size, int) else image_size
-        self._check("image_size", None if size is None else list(size), settings["image_size"])
+        self._check("image_size", None if image_size is None else list(size_pair(image_size)), settings["image_size"])
         self._check("size_policy", size_policy, settings["size_policy"])
         self._check("window", window, settings["window"])
         self.class_names = list(settings["class_names"])
