@@ -84,6 +84,7 @@ def train_run(mode: str, root: Path, steps: int, extra: tuple[str, ...] = ("data
     )
     args = [
         *data,
+        "model.net.encoder_depth=null",
         "model.net.output_stride=32",
         "model.log_images=false",
         "test=false",

@@ -33,15 +33,17 @@ def count_params_flops(net: torch.nn.Module, in_channels: int, size: Sequence[in
 
 
 def model_table(size: int = 512, in_channels: int = 1, num_classes: int = 2) -> str:
-    """Markdown table of params and GFLOPs of PSPNet on each backbone, at the default config."""
+    """Markdown table of params and GFLOPs of PSPNet on each backbone: the default network, then the full encoder."""
     from medseg.models import PSPNet
     from medseg.models.encoder import BACKBONES
 
-    lines = [f"| backbone | params (M) | GFLOPs at {size}x{size} | GMACs |", "|---|---|---|---|"]
+    encoders = {3: "first 3 stages (default)", None: "all stages (`encoder_depth=null`)"}
+    lines = [f"| backbone | encoder | params (M) | GFLOPs at {size}x{size} | GMACs |", "|---|---|---|---|---|"]
     for name in BACKBONES:
-        net = PSPNet(name, in_channels=in_channels, num_classes=num_classes, decoder_channels=128, output_stride=8)
-        params, gflops = count_params_flops(net, in_channels, (size, size))
-        lines.append(f"| {name} | {params / 1e6:.2f} | {gflops:.2f} | {gflops / 2:.2f} |")
+        for depth, label in encoders.items():
+            net = PSPNet(name, in_channels, num_classes, decoder_channels=128, output_stride=8, encoder_depth=depth)
+            params, gflops = count_params_flops(net, in_channels, (size, size))
+            lines.append(f"| {name} | {label} | {params / 1e6:.2f} | {gflops:.2f} | {gflops / 2:.2f} |")
     return "\n".join(lines)
 
 
@@ -111,8 +113,8 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def val_curve(run_dir: str | Path) -> list[tuple[int, float]]:
-    """(step, val/dice_mean) read from a run's TensorBoard events."""
+def val_curve(run_dir: str | Path, tag: str = "val/dice_mean") -> list[tuple[int, float]]:
+    """(step, value) of a scalar (validation mean Dice unless TAG says) read from a run's TensorBoard events."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     folder = Path(run_dir) / "tensorboard"
@@ -120,9 +122,9 @@ def val_curve(run_dir: str | Path) -> list[tuple[int, float]]:
         return []
     acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
     acc.Reload()
-    if "val/dice_mean" not in acc.Tags()["scalars"]:
+    if tag not in acc.Tags()["scalars"]:
         return []
-    return [(e.step, e.value) for e in acc.Scalars("val/dice_mean")]
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
 
 
 def plot_sweep(records: Sequence[dict], out_dir: str | Path) -> list[Path]:

@@ -91,12 +91,13 @@ def test_backbone_multirun_and_report(cache_dir, tmp_path, capsys):
 def test_model_table_counts_real_flops(capsys):
     report_main(["--models", "--size", "128"])
     out = capsys.readouterr().out
-    rows = {
-        line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ") and "---" not in line
-    }
-    assert set(rows) >= {"mobilenetv3", "efficientnet_b0", "resnet18", "convnext_tiny"}
-    gflops = {k: float(v.split("|")[3]) for k, v in rows.items() if k != "backbone"}
-    assert gflops["convnext_tiny"] > gflops["resnet18"] > gflops["mobilenetv3"] > 0
+    lines = [line for line in out.splitlines() if line.startswith("| ")][1:]  # below the header
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in lines]
+    gflops = {(name, "default" in encoder): float(cost) for name, encoder, _, cost, _ in rows}
+    assert {name for name, _ in gflops} == {"mobilenetv3", "efficientnet_b0", "resnet18", "convnext_tiny"}
+    for default in (True, False):
+        assert gflops["convnext_tiny", default] > gflops["resnet18", default] > gflops["mobilenetv3", default] > 0
+    assert all(gflops[name, True] < gflops[name, False] for name, _ in gflops)  # the default drops the last stages
 
 
 @pytest.mark.slow

@@ -108,6 +108,14 @@ def test_experiment_settings_override_the_main_config(make_cfg):
     assert cfg.model.scheduler._target_ == "torch.optim.lr_scheduler.CosineAnnealingLR"
     assert [s.name for s in cfg.stage.stages] == ["full"] and cfg.trainer.max_epochs == cfg.stage.stages[0].epochs
     assert cfg.data.layout == "folder" and cfg.data.image_size == 256 and cfg.model.channels_last
+    assert cfg.model.net.encoder_depth is None  # the full encoder of the documented cxr_lung rows
+
+
+def test_default_network_uses_the_first_three_encoder_stages(make_cfg):
+    cfg = make_cfg([])
+    net = instantiate(cfg.model.net)
+    assert cfg.model.net.encoder_depth == 3 and net.encoder.output_stride == 8
+    assert sum(p.numel() for p in net.parameters()) < 1e6  # mobilenetv3's full encoder alone holds ~3M
 
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml")))
