@@ -94,13 +94,13 @@ def pin_memory(trainer: L.Trainer | None) -> bool:
 class SplitLoaders:
     """train/val/test dataloaders from a data module's `dataset(split, augment)` and `_loader(dataset, train)`."""
 
-    image_size: tuple[int, ...]
+    image_size: tuple[int, int]
     aug_strength: str
     train_size: tuple[int, int] | None = None  # a stage's training size (progressive resizing); None: image_size
 
     def train_transform(self, seed: int | None):
         """The training augmentation at the current strength, resized to the stage's `train_size` if it differs."""
-        size = self.train_size if self.train_size and tuple(self.train_size) != tuple(self.image_size) else None
+        size = self.train_size if self.train_size and tuple(self.train_size) != self.image_size else None
         return build_augmentation(self.aug_strength, seed, size)
 
     def train_dataloader(self):

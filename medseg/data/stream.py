@@ -92,7 +92,7 @@ class StreamDataModule(SplitLoaders, L.LightningDataModule):
         self._check("size_policy", size_policy, settings["size_policy"])
         self._check("window", window, settings["window"])
         self.class_names = list(settings["class_names"])
-        self.image_size = tuple(settings["image_size"])
+        self.image_size = size_pair(settings["image_size"])
         self.data_fraction = data_fraction
         self.aug_strength = aug_strength
 
