@@ -62,16 +62,22 @@ def test_stream_trains_with_fast_dev_run(make_cfg, prepared, tmp_path):
     assert torch.isfinite(torch.tensor(metrics["train/loss"]))
 
 
-def test_data_fraction_selects_the_same_patients_as_in_memory(prepared, demo_root):
-    memory = SegmentationDataModule(root=str(demo_root), image_size=SIZE, split_file=None, preload=False)
+@pytest.mark.parametrize("labelled", [1.0, 0.5])
+def test_data_fraction_selects_the_same_patients_as_in_memory(prepared, demo_root, labelled):
+    memory = SegmentationDataModule(
+        root=str(demo_root), image_size=SIZE, split_file=None, preload=False, labelled_fraction=labelled
+    )
     memory.setup()
-    stream = StreamDataModule(str(prepared))
+    stream = StreamDataModule(str(prepared), labelled_fraction=labelled)
+    sizes = []
     for fraction in (0.2, 0.6, 1.0):
         memory.data_fraction = stream.data_fraction = fraction
         expected = Counter(pseudonym(s.patient) for s in memory.train_samples())
         dataset = stream.dataset("train")
         seen = Counter(dataset[i]["patient"] for i in range(len(dataset)))
         assert seen == expected, fraction
+        sizes.append(len(seen))
+    assert sizes[0] < sizes[-1] and (labelled == 1.0) == (sizes[-1] == len(memory.patients["train"]))
 
 
 @pytest.mark.slow

@@ -59,6 +59,7 @@ class StreamDataModule(SplitLoaders, L.LightningDataModule):
         seed: shuffle and augmentation seed (the split was fixed when the data were prepared).
         batch_size, num_workers: loader settings ("auto" workers: 0 on CPU, up to 8 per GPU process).
         data_fraction: share of training patients (nested subsets); aug_strength: none|low|mid|high.
+        labelled_fraction: share of training patients available at all; data_fraction is a share of these.
         cache_dir, max_cache_size: litdata's local chunk cache for remote folders.
         split_file: accepted for config compatibility; the split lives in the prepared folder.
     """
@@ -77,6 +78,7 @@ class StreamDataModule(SplitLoaders, L.LightningDataModule):
         num_workers: int | str = "auto",
         data_fraction: float = 1.0,
         aug_strength: str = "low",
+        labelled_fraction: float = 1.0,
         cache_dir: str | None = None,
         max_cache_size: str | None = None,
         split_file: str | None = None,
@@ -115,11 +117,14 @@ class StreamDataModule(SplitLoaders, L.LightningDataModule):
                 raise ValueError(problem)
 
     def train_items(self) -> int:
-        """Items of the current data_fraction: the slices of the first patients in subset order."""
+        """Items of the current data_fraction of the labelled patients: the first patients' slices in subset order."""
         counts = self.meta["splits"]["train"]["patient_items"]
-        if not 0.0 < self.data_fraction <= 1.0:
-            raise ValueError(f"data_fraction must be in (0, 1], got {self.data_fraction}")
-        return int(sum(counts[: max(1, round(len(counts) * self.data_fraction))]))
+        labelled = self.hparams.labelled_fraction
+        for name, value in (("data_fraction", self.data_fraction), ("labelled_fraction", labelled)):
+            if not 0.0 < value <= 1.0:
+                raise ValueError(f"{name} must be in (0, 1], got {value}")
+        fraction = self.data_fraction * labelled  # nested subsets are prefixes of one patient order
+        return int(sum(counts[: max(1, round(len(counts) * fraction))]))
 
     def dataset(self, split: str, augment: bool = False) -> SegmentationStream:
         """A split as a stream: the training split shuffled per epoch and cut to the data fraction."""
