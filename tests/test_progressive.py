@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 import torch
 
+from medseg.callbacks.epoch_log import remaining_seconds
 from medseg.training import train
 
 from .helpers import kill_when, run_train, start_train
@@ -20,10 +22,18 @@ def per_epoch(events, tag: str) -> list[tuple[int, float]]:
     return [(e.step, round(e.value, 8)) for e in events.Scalars(tag)]
 
 
-def test_progressive_schedule_is_logged_epoch_by_epoch(make_cfg, tmp_path):
+def test_progressive_schedule_is_logged_epoch_by_epoch(make_cfg, tmp_path, caplog):
     cfg = make_cfg(["stage=progressive", *(f"stage.stages.{i}.epochs=2" for i in range(3)), *FAST], tmp_path / "run")
     assert cfg.trainer.max_epochs == 6
-    train(cfg)
+    with caplog.at_level(logging.INFO, logger="medseg.progress"):
+        train(cfg)
+    lines = [r.getMessage() for r in caplog.records if r.name == "medseg.progress"]
+    assert [line.split()[1:4] for line in lines[::2]] == [
+        ["1/6", "stage", "1"],
+        ["3/6", "stage", "2"],
+        ["5/6", "stage", "3"],
+    ]
+    assert lines[-1].endswith("eta 0:00:00")
     events = read_events(tmp_path / "run" / "tensorboard")
     lrs = [v for _, v in per_epoch(events, "lr-AdamW")]  # one learning-rate curve
     assert lrs == [1e-4, 1e-4, 5e-5, 5e-5, 1e-5, 1e-5]
@@ -37,6 +47,16 @@ def test_progressive_schedule_is_logged_epoch_by_epoch(make_cfg, tmp_path):
     # Epoch-level values are logged at the epoch's last step (global_step - 1).
     batches = [b - a for a, b in zip([-1, *steps], steps, strict=False)]
     assert batches == [2, 2, 5, 5, 8, 8]
+
+
+def test_eta_scales_a_stage_not_run_yet_by_its_pixels_and_data():
+    # stage 0 ran 2 epochs of 3 s, 1 s of each validating; stage 1 has 4x its cost, stage 2 half of stage 1's
+    cost = [1.0, 4.0, 2.0]
+    assert remaining_seconds({0: 6.0}, {0: 2}, 1.0, [0, 1, 1, 2], cost) == pytest.approx(
+        3 + 2 * (2 * 4 + 1) + (2 * 2 + 1)
+    )
+    # once stage 1 has run, its own epoch time counts, and stage 2 scales from it
+    assert remaining_seconds({0: 6.0, 1: 20.0}, {0: 2, 1: 1}, 1.0, [1, 2], cost) == pytest.approx(20 + (19 / 2 + 1))
 
 
 def _stage_of(checkpoint: Path) -> tuple[int | None, int]:

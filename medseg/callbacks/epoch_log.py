@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
+from collections import defaultdict
+from collections.abc import Sequence
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
@@ -22,13 +25,30 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+def remaining_seconds(
+    seconds: dict[int, float], epochs: dict[int, int], val_per_epoch: float, left: Sequence[int], cost: Sequence[float]
+) -> float:
+    """Seconds the epochs LEFT (their stage indices) will take: a stage's own mean epoch time where it has run,
+    else the latest stage's training time scaled by training cost (pixels x data fraction), plus validation."""
+    latest = max(s for s in epochs if epochs[s])
+    train = max(seconds[latest] / epochs[latest] - val_per_epoch, 0.0)
+
+    def per_epoch(stage: int) -> float:
+        if epochs.get(stage):
+            return seconds[stage] / epochs[stage]
+        return train * cost[stage] / cost[latest] + val_per_epoch
+
+    return sum(per_epoch(stage) for stage in left)
+
+
 class EpochLog(Callback):
     """Logs epoch/max, stage, train loss, val Dice, lr, epoch seconds, elapsed and ETA after each epoch."""
 
     def __init__(self, only_without_terminal: bool = True) -> None:
         self.only_without_terminal = only_without_terminal
-        self._fit_start = self._epoch_start = 0.0
-        self._first_epoch = 0
+        self._fit_start = self._epoch_start = self._mark = self._val_start = self._val_seconds = 0.0
+        self._stage_seconds: dict[int, float] = defaultdict(float)  # of the epochs this process ran, per stage
+        self._stage_epochs: dict[int, int] = defaultdict(int)
         self._loss_sum, self._batches, self._lr = 0.0, 0, float("nan")
 
     @property
@@ -37,13 +57,22 @@ class EpochLog(Callback):
         return not (self.only_without_terminal and sys.stdout.isatty())
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._fit_start = self._epoch_start = time.perf_counter()  # a resumed run may start mid-epoch
-        self._first_epoch = trainer.current_epoch  # the ETA's rate counts only the epochs this process ran
+        self._fit_start = self._epoch_start = self._mark = time.perf_counter()  # a resumed run may start mid-epoch
+        self._val_seconds = 0.0
+        self._stage_seconds.clear()
+        self._stage_epochs.clear()
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_start = time.perf_counter()
         self._loss_sum, self._batches = 0.0, 0
         self._lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._val_start = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._val_seconds += time.perf_counter() - self._val_start
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
@@ -52,15 +81,21 @@ class EpochLog(Callback):
             self._batches += 1
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        now = time.perf_counter()
+        schedule = next((c for c in trainer.callbacks if hasattr(c, "stage_index")), None)
+        index = schedule.stage_index(trainer.current_epoch) if schedule else 0
+        self._stage_seconds[index] += now - self._mark
+        self._stage_epochs[index] += 1
+        self._mark = now
         if not self.active or trainer.global_rank != 0:
             return
-        now = time.perf_counter()
         epoch, total = trainer.current_epoch + 1, trainer.max_epochs or 0
         elapsed = now - self._fit_start
-        eta = elapsed / max(epoch - self._first_epoch, 1) * max(total - epoch, 0)
+        left = [schedule.stage_index(e) if schedule else 0 for e in range(epoch, total)]
+        val_per_epoch = self._val_seconds / sum(self._stage_epochs.values())
+        eta = remaining_seconds(self._stage_seconds, self._stage_epochs, val_per_epoch, left, _costs(trainer, schedule))
         metrics = trainer.callback_metrics
-        schedule = next((c for c in trainer.callbacks if hasattr(c, "stage_index")), None)
-        stage = schedule.stages[schedule.stage_index(trainer.current_epoch)].name if schedule else "-"
+        stage = schedule.stages[index].name if schedule else "-"
         loss = self._loss_sum / self._batches if self._batches else None  # this rank's mean over the epoch
         dice = _value(metrics, "val/dice_mean")
         log.info(
@@ -75,3 +110,11 @@ class EpochLog(Callback):
             _duration(elapsed),
             _duration(eta),
         )
+
+
+def _costs(trainer: L.Trainer, schedule) -> list[float]:
+    """Relative training cost of an epoch of each stage: pixels per image x share of the training data."""
+    default = getattr(trainer.datamodule, "image_size", None) or (1, 1)
+    if schedule is None:
+        return [1.0]
+    return [float(math.prod(s.size or default)) * s.data_fraction for s in schedule.stages]
