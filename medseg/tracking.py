@@ -13,10 +13,11 @@ FINAL_METRICS = {"hparams/best_val_dice": "best/val/dice_mean", "hparams/test_di
 
 
 def key_hyperparameters(cfg: DictConfig) -> dict:
-    """The settings a sweep is compared by: backbone, loss, stages, lr, image size, bins, output stride
-    (those a network of another `_target_` does not have are left empty)."""
+    """The settings a sweep is compared by: backbone, loss, stages, lr, image size, bins, output stride, encoder
+    depth (those a network of another `_target_` does not have are left empty)."""
     net = cfg.model.net
     bins, stride = net.get("bins"), net.get("output_stride")
+    depth = "" if "encoder_depth" not in net else str(net.encoder_depth or "all")
     return {
         "backbone": str(net.get("encoder_name") or net.get("_target_")),
         "loss": str(cfg.model.loss._target_).rsplit(".", 1)[-1],
@@ -25,6 +26,7 @@ def key_hyperparameters(cfg: DictConfig) -> dict:
         "image_size": "x".join(str(s) for s in size_pair(cfg.data.image_size)),
         "bins": "" if bins is None else ",".join(str(b) for b in bins),
         "output_stride": "" if stride is None else int(stride),
+        "encoder_depth": depth,
     }
 
 

@@ -60,6 +60,7 @@ def test_tensorboard_hparams_view_and_schedule_scalars(make_cfg, tmp_path):
     hparams = {k: v.string_value or v.number_value for k, v in session.session_start_info.hparams.items()}
     assert hparams["backbone"] == "mobilenetv3" and hparams["loss"] == "HybridLoss" and hparams["image_size"] == "64x64"
     assert hparams["bins"] == "1,3,5,7" and hparams["lr"] == pytest.approx(2e-3) and hparams["output_stride"] == 8
+    assert hparams["encoder_depth"] == "3"
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     assert {m.name.tag for m in experiment.metric_infos} == {"hparams/best_val_dice", "hparams/test_dice"}
     best = events.Scalars("hparams/best_val_dice")[0].value
@@ -75,7 +76,10 @@ def test_hparams_summary_of_a_network_without_pspnet_settings(make_cfg):
         cfg.model.net = {"_target_": "my_lab.nets.unet", "in_channels": 1}  # a user's own network
     hparams = key_hyperparameters(cfg)
     assert hparams["backbone"] == "my_lab.nets.unet" and hparams["image_size"] == "48x64"
-    assert hparams["bins"] == "" and hparams["output_stride"] == ""
+    assert hparams["bins"] == "" and hparams["output_stride"] == "" and hparams["encoder_depth"] == ""
+    with open_dict(cfg):
+        cfg.model.net = {"_target_": "medseg.models.PSPNet", "encoder_name": "resnet18", "encoder_depth": None}
+    assert key_hyperparameters(cfg)["encoder_depth"] == "all"
 
 
 @pytest.mark.slow
