@@ -6,15 +6,19 @@ import inspect
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from torch.optim.lr_scheduler import LRScheduler
 
+from medseg import schedulers
 from medseg.io import atomic_path
 
 # Classes a checkpoint's hyper-parameters may name with `_target_`: this package's networks and losses.
-# torch.optim optimizers and torch.optim.lr_scheduler schedulers are allowed by type (see allowed_target).
+# Optimizers of torch.optim and LR schedulers of torch.optim.lr_scheduler and medseg.schedulers are allowed
+# by type (see allowed_target).
 ALLOWED_TARGETS = frozenset(
     {
         "medseg.models.PSPNet",
@@ -24,6 +28,12 @@ ALLOWED_TARGETS = frozenset(
         "medseg.losses.HybridLoss",
     }
 )
+
+BY_TYPE: dict[str, tuple[ModuleType, type]] = {
+    "torch.optim": (torch.optim, torch.optim.Optimizer),
+    "torch.optim.lr_scheduler": (torch.optim.lr_scheduler, LRScheduler),
+    "medseg.schedulers": (schedulers, LRScheduler),
+}
 
 
 class UnsafeCheckpoint(ValueError):
@@ -36,16 +46,16 @@ def is_url(path: str | os.PathLike) -> bool:
 
 
 def allowed_target(name: str) -> bool:
-    """True for the allow-listed classes and for torch.optim optimizers and LR schedulers (looked up, never called)."""
+    """True for the allow-listed classes and for optimizers and LR schedulers of torch and medseg.schedulers
+    (looked up, never called)."""
     if name in ALLOWED_TARGETS:
         return True
     module_name, _, attr = name.rpartition(".")
-    bases = {"torch.optim": torch.optim.Optimizer, "torch.optim.lr_scheduler": torch.optim.lr_scheduler.LRScheduler}
-    if module_name not in bases or attr.startswith("_"):
+    if module_name not in BY_TYPE or attr.startswith("_"):
         return False
-    module = torch.optim if module_name == "torch.optim" else torch.optim.lr_scheduler
+    module, base = BY_TYPE[module_name]
     value = inspect.getattr_static(module, attr, None)
-    return inspect.isclass(value) and issubclass(value, bases[module_name])
+    return inspect.isclass(value) and issubclass(value, base)
 
 
 def check_targets(tree: Any, source: str, where: str = "") -> None:

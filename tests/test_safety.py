@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from pydicom.uid import CTImageStorage, generate_uid
 
-from medseg.checkpoint import UnsafeCheckpoint, load_checkpoint
+from medseg.checkpoint import UnsafeCheckpoint, allowed_target, load_checkpoint
 from medseg.config import CONFIG_DIR
 from medseg.convert import convert
 from medseg.data.cache import DecodeCache
@@ -78,6 +78,14 @@ def test_crafted_checkpoint_is_refused_everywhere_and_runs_nothing(
     with pytest.raises(UnsafeCheckpoint, match="refused"):
         train(make_cfg([f"init_from={path}", "trainer.fast_dev_run=true", "data.image_size=64"]))
     assert not marker.exists() and not (tmp_path / "m.onnx").exists()
+
+
+def test_allow_list_takes_optimizers_and_schedulers_by_type_only():
+    assert allowed_target("torch.optim.AdamW") and allowed_target("torch.optim.lr_scheduler.CosineAnnealingLR")
+    assert allowed_target("medseg.schedulers.WarmupCosineLR")  # medseg's own schedule, as torch's
+    for name in ("medseg.schedulers.math", "medseg.schedulers.Optimizer", "torch.optim.lr_scheduler._LRScheduler"):
+        assert not allowed_target(name), name  # a module, a class of another kind, a private name
+    assert not allowed_target("os.system") and not allowed_target("medseg.checkpoint.load_checkpoint")
 
 
 def test_remote_checkpoints_are_refused_before_any_request(make_cfg):
