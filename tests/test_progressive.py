@@ -144,8 +144,9 @@ def test_warmup_cosine_warms_up_then_decays_and_restarts_each_stage(make_cfg, tm
     schedule = "{_target_:medseg.schedulers.WarmupCosineLR,_partial_:true,T_max:1,warmup_epochs:1}"
     stages = ["stage.stages.0.epochs=4", "stage.stages.1.epochs=4", "stage.stages.2.epochs=0"]
     overrides = [f"model.scheduler={schedule}", *FAST, "trainer.limit_train_batches=1"]
-    cfg = make_cfg(["stage=progressive", *stages, *overrides])
-    train(cfg)
+    cfg = make_cfg(["stage=progressive", *stages, *overrides, "test=true", "trainer.limit_test_batches=1"])
+    _, metrics = train(cfg)
+    assert "test/dice_mean" in metrics  # its best checkpoint, naming medseg's scheduler, loads for the test
     lrs = [v for _, v in per_epoch(read_events(Path(cfg.paths.output_dir) / "tensorboard"), "lr-AdamW")]
     shape = [0.5, 1.0, 0.75, 0.25]  # warm-up epoch at base / 2, then (1 + cos(pi * t / 3)) / 2 for t = 0, 1, 2
     assert lrs == pytest.approx([1e-4 * s for s in shape] + [5e-5 * s for s in shape], rel=1e-6)
