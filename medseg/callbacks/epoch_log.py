@@ -46,7 +46,7 @@ class EpochLog(Callback):
 
     def __init__(self, only_without_terminal: bool = True) -> None:
         self.only_without_terminal = only_without_terminal
-        self._fit_start = self._epoch_start = self._mark = self._val_start = self._val_seconds = 0.0
+        self._fit_start = self._epoch_start = self._val_start = self._val_seconds = 0.0
         self._stage_seconds: dict[int, float] = defaultdict(float)  # of the epochs this process ran, per stage
         self._stage_epochs: dict[int, int] = defaultdict(int)
         self._loss_sum, self._batches, self._lr = 0.0, 0, float("nan")
@@ -57,7 +57,7 @@ class EpochLog(Callback):
         return not (self.only_without_terminal and sys.stdout.isatty())
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._fit_start = self._epoch_start = self._mark = time.perf_counter()  # a resumed run may start mid-epoch
+        self._fit_start = self._epoch_start = time.perf_counter()  # a resumed run may start mid-epoch
         self._val_seconds = 0.0
         self._stage_seconds.clear()
         self._stage_epochs.clear()
@@ -84,9 +84,8 @@ class EpochLog(Callback):
         now = time.perf_counter()
         schedule = next((c for c in trainer.callbacks if hasattr(c, "stage_index")), None)
         index = schedule.stage_index(trainer.current_epoch) if schedule else 0
-        self._stage_seconds[index] += now - self._mark
+        self._stage_seconds[index] += now - self._fit_start - sum(self._stage_seconds.values())  # this epoch's
         self._stage_epochs[index] += 1
-        self._mark = now
         if not self.active or trainer.global_rank != 0:
             return
         epoch, total = trainer.current_epoch + 1, trainer.max_epochs or 0
