@@ -121,3 +121,30 @@ def test_ema_weights_are_what_the_best_checkpoint_holds(make_cfg, tmp_path):
     assert "current_model_state" in best  # Lightning's weight averaging: state_dict holds the EMA weights
     name = "net.segmentation_head.weight"
     assert not torch.equal(best["state_dict"][name], best["current_model_state"][name])
+
+
+def test_ema_decay_warms_up_to_its_cap_and_copies_batch_counters():
+    import pickle
+
+    from torch.optim.swa_utils import AveragedModel
+
+    from medseg.callbacks.ema import WarmupEMA
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2))
+    ema = pickle.loads(pickle.dumps(WarmupEMA(decay=0.99, warmup=10)))  # plain data: spawned DDP workers get it
+    average = AveragedModel(model, multi_avg_fn=ema, use_buffers=True)
+    average.update_parameters(model)  # the first update copies
+    start = model[0].weight.detach().clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    model(torch.rand(2, 1, 4, 4))  # a training-mode pass moves the running stats and the batch counter
+    average.update_parameters(model)  # second update: decay (1 + 1) / (10 + 1)
+    torch.testing.assert_close(average.module[0].weight, start + 9 / 11)
+    assert int(average.module[1].num_batches_tracked) == int(model[1].num_batches_tracked) == 1
+    average.n_averaged.fill_(5000)  # long after the warm-up the decay is the cap
+    before = average.module[0].weight.detach().clone()
+    average.update_parameters(model)
+    torch.testing.assert_close(average.module[0].weight, before + 0.01 * (model[0].weight - before))
+    with pytest.raises(ValueError, match="decay"):
+        WarmupEMA(decay=1.5)

@@ -1,6 +1,7 @@
 """Lightning callbacks of medseg."""
 
+from medseg.callbacks.ema import WarmupEMA
 from medseg.callbacks.epoch_log import EpochLog
 from medseg.callbacks.progressive import ProgressiveSchedule, Stage
 
-__all__ = ["EpochLog", "ProgressiveSchedule", "Stage"]
+__all__ = ["EpochLog", "ProgressiveSchedule", "Stage", "WarmupEMA"]
