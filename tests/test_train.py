@@ -127,7 +127,7 @@ def test_every_experiment_composes_to_a_network_that_keeps_the_input_size(make_c
         assert net(torch.zeros(1, cfg.data.in_channels, 65, 63)).shape[-2:] == (65, 63)
     if experiment == "cxr_lung_fast":  # the documented most-Dice-per-CPU-minute network and schedule
         assert cfg.model.net.encoder_depth == 3 and cfg.callbacks.ema.multi_avg_fn.decay == 0.99
-        assert [s.get("image_size") for s in cfg.stage.stages] == [128, None]
+        assert [s.get("image_size") for s in cfg.stage.stages] == [128, None] and cfg.data.batch_size == 4
         assert class_indices(cfg.model.keep_largest, cfg.data.class_names) == {1: 2}  # two lungs, holes filled
     validate_config(cfg)
 
