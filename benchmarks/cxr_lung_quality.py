@@ -19,6 +19,7 @@ import argparse
 import math
 import statistics
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -135,14 +136,15 @@ def test_scores(cfg, best: Path) -> dict[str, float]:
     module = instantiate(cfg.model, _recursive_=False)
     module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
     module.eval()
-    variants = {"": ([], False), "_tta": (["hflip"], False), **({"_clean": ([], True)} if module.keep else {})}
-    scores: dict[str, list[float]] = {f"{m}{v}": [] for m in ("dice", "hd95") for v in variants}
+    scores: dict[str, list[float]] = defaultdict(list)
     with torch.no_grad():
         for batch in datamodule.test_dataloader():
-            for suffix, (tta, clean) in variants.items():
-                preds = tta_logits(module, batch["image"], tta).argmax(1).numpy()
+            plain = tta_logits(module, batch["image"], []).argmax(1).numpy()
+            variants = {"": plain, "_tta": tta_logits(module, batch["image"], ["hflip"]).argmax(1).numpy()}
+            if module.keep:
+                variants["_clean"] = np.stack([keep_largest(pred, module.keep) for pred in plain])
+            for suffix, preds in variants.items():
                 for pred, target in zip(preds, batch["mask"].numpy(), strict=True):
-                    pred = keep_largest(pred, module.keep) if clean else pred
                     case = case_scores(pred, target, len(cfg.data.class_names))
                     scores[f"dice{suffix}"].append(float(np.nanmean(case["dice"])))
                     scores[f"hd95{suffix}"].append(float(np.nanmean(case["hd95"])))
