@@ -38,7 +38,8 @@ WARMUP_STEPS, TIMED_STEPS = 4, 4
 
 def split_overrides(text: str) -> list[str]:
     """'a=1,b=[1,2],c={x:1,y:2}' -> ['a=1', 'b=[1,2]', 'c={x:1,y:2}']: commas split only outside brackets."""
-    parts, depth, current = [], 0, ""
+    parts: list[str] = []
+    depth, current = 0, ""
     for char in text + ",":
         depth += (char in "[{") - (char in "]}")
         if char == "," and depth == 0:
@@ -52,9 +53,9 @@ def configure(model: str, out: Path, experiment: str = "cxr_lung_scratch", seed:
     """The experiment config for MODEL: a backbone, 'smp' (smp's PSPNet on mobilenetv3), or
     'NAME:key=value,key=value' (a variant: overrides on top of the experiment; commas inside [] or {}
     stay with their value); SEED changes the training seed only, never the patient split."""
-    name, _, extra = model.partition(":")
+    name, _, variant = model.partition(":")
     backbone = "mobilenetv3" if name == "smp" or name not in BACKBONES else name
-    extra = split_overrides(extra)
+    extra = split_overrides(variant)
     overrides = [f"data.root={CXR}", "callbacks.progress_bar=null", *extra]
     if not any(o.startswith("backbone=") for o in extra):
         overrides.insert(0, f"backbone={backbone}")
