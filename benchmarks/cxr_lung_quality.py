@@ -2,7 +2,8 @@
 
     pip install segmentation-models-pytorch   # for the smp reference row only
     python benchmarks/cxr_lung_quality.py [--models mobilenetv3 efficientnet_b0 resnet18 convnext_tiny smp]
-                                          [--budget-min 30] [--seeds 0 1 2]
+                                          [--budget-min 30] [--seeds 0 1 2] [--tta hflip]
+    python benchmarks/cxr_lung_quality.py --rescore RUN [RUN ...] [--split val] [--tta scale1.25]
 
 Every model trains with `experiment=cxr_lung_scratch` (one stage, AdamW 2e-3, cosine decay, 256x256,
 70/15/15 patient split). Each model gets as many epochs as fit the budget, estimated from a few timed
@@ -69,7 +70,7 @@ def configure(model: str, out: Path, experiment: str = "cxr_lung_scratch", seed:
             cfg.model.net = OmegaConf.create(
                 {"_target_": "smp_reference.smp_pspnet", "encoder_name": backbone, "in_channels": cfg.data.in_channels}
             )
-            cfg.test = False  # checkpoints naming code outside medseg are refused on load: scored by test_scores
+            cfg.test = False  # checkpoints naming code outside medseg are refused on load: scored by split_scores
     return cfg
 
 
@@ -123,41 +124,50 @@ def fit_epochs(cfg, budget_s: float) -> list[int]:
     return [max(1, int(e * scale)) for e in planned]
 
 
-def test_scores(cfg, best: Path) -> dict[str, float]:
-    """Per-image test Dice and HD95 (px at 256) of the best checkpoint's raw output, with hflip TTA, and
-    (`_clean`) with the model's own keep-largest clean-up, where it has one."""
+def split_scores(cfg, best: Path, tta: list[str], split: str = "test") -> dict[str, float]:
+    """Per-image Dice and HD95 (px at 256) and whole-split Dice (`whole_dice`, as the trainer's test) on the test (or
+    val) split of the best checkpoint's raw output, with the TTA views (`_tta`), and with the model's own
+    keep-largest clean-up (`_clean`, `_tta_clean`) if it has one."""
     import numpy as np
+    from torchmetrics import MetricCollection
 
     from medseg.evaluate import case_scores
+    from medseg.metrics import segmentation_metrics, update_ignoring
     from medseg.models.averaging import tta_logits
     from medseg.postprocess import keep_largest
 
     datamodule = instantiate(cfg.data, _convert_="all")
-    datamodule.setup("test")
+    datamodule.setup("test" if split == "test" else "fit")
     module = instantiate(cfg.model, _recursive_=False)
     module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
     module.eval()
     scores: dict[str, list[float]] = defaultdict(list)
+    whole: defaultdict[str, MetricCollection] = defaultdict(lambda: segmentation_metrics(len(cfg.data.class_names)))
     with torch.no_grad():
-        for batch in datamodule.test_dataloader():
-            plain = tta_logits(module, batch["image"], []).argmax(1).numpy()
-            variants = {"": plain, "_tta": tta_logits(module, batch["image"], ["hflip"]).argmax(1).numpy()}
+        for batch in datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader():
+            variants = {"": tta_logits(module, batch["image"], []).argmax(1).numpy()}
+            variants["_tta"] = tta_logits(module, batch["image"], tta).argmax(1).numpy()
             if module.keep:
-                variants["_clean"] = np.stack([keep_largest(pred, module.keep) for pred in plain])
+                for suffix in ("", "_tta"):
+                    variants[f"{suffix}_clean"] = np.stack([keep_largest(p, module.keep) for p in variants[suffix]])
             for suffix, preds in variants.items():
+                update_ignoring(whole[suffix], torch.from_numpy(preds), batch["mask"], cfg.model.ignore_index)
                 for pred, target in zip(preds, batch["mask"].numpy(), strict=True):
                     case = case_scores(pred, target, len(cfg.data.class_names))
                     scores[f"dice{suffix}"].append(float(np.nanmean(case["dice"])))
                     scores[f"hd95{suffix}"].append(float(np.nanmean(case["hd95"])))
-    return {k: float(np.nanmean(v)) for k, v in scores.items()}
+    whole_dice = {f"whole_dice{k}": float(np.nanmean(m.compute()["dice"].numpy())) for k, m in whole.items()}
+    return {k: float(np.nanmean(v)) for k, v in scores.items()} | whole_dice
 
 
 SEED_SUMMARY = {
     "best val Dice": "best/val/dice_mean",
     "test Dice": "test/dice_mean",
     "per-image test Dice": "dice",
-    "with hflip TTA": "dice_tta",
+    "with TTA": "dice_tta",
     "per-image, keep-largest": "dice_clean",
+    "TTA and keep-largest": "dice_tta_clean",
+    "whole set, TTA and keep-largest": "whole_dice_tta_clean",
 }
 
 
@@ -187,11 +197,21 @@ def main() -> None:
     parser.add_argument("--experiment", default="cxr_lung_scratch")
     parser.add_argument("--seeds", nargs="+", type=int, help="training seeds (default: the experiment's)")
     parser.add_argument("--epoch-times", action="store_true", help="only estimate each model's epoch time")
+    parser.add_argument("--tta", nargs="+", default=["hflip"], help="test-time views of the TTA columns")
+    parser.add_argument("--rescore", nargs="+", type=Path, help="only score these earlier runs' best checkpoints")
+    parser.add_argument("--split", choices=["test", "val"], default="test", help="the split --rescore scores")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "benchmarks" / "cxr_lung_quality")
     args = parser.parse_args()
     if not (CXR / "images").is_dir():
         raise SystemExit(f"{CXR} not found: this benchmark needs the chest X-ray data set")
     torch.set_num_threads(2)
+    for run in args.rescore or []:
+        scores = split_scores(
+            OmegaConf.load(run / "config.yaml"), run / "checkpoints" / "best.ckpt", args.tta, args.split
+        )
+        print(f"{run} ({args.split}, TTA {'+'.join(args.tta)}): {scores}", flush=True)
+    if args.rescore:
+        return
     rows = []
     if args.epoch_times:
         print("| model | params (M) | s per epoch |\n|---|---|---|")
@@ -211,17 +231,18 @@ def main() -> None:
             cfg.trainer.max_time = f"00:{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
         _, metrics = train(cfg)
         best = Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt"
-        metrics.update(test_scores(cfg, best))
+        metrics.update(split_scores(cfg, best, args.tta))
         rows.append((model, seed, epochs, metrics, best))
         print(f"{_label(model, seed)}: {epochs} epochs, {metrics}", flush=True)
     if args.epoch_times:
         return
     print(f"\ncxr_lung, 256x256, random init, budget {args.budget_min:g} min of training on this machine\n")
+    views = "+".join(args.tta)
     print(
-        "| model | epochs | training min | best val Dice | test Dice | per-image test Dice | with hflip TTA "
-        "| HD95 px | HD95 px, TTA | per-image, keep-largest | HD95 px, keep-largest |"
+        f"| model | epochs | training min | best val Dice | test Dice | per-image test Dice | with {views} TTA "
+        "| HD95 px | HD95 px, TTA | per-image, keep-largest | HD95 px, keep-largest | TTA and keep-largest |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     nan = float("nan")
     for model, seed, epochs, m, _ in rows:
         print(
@@ -229,7 +250,7 @@ def main() -> None:
             f"| {m.get('best/val/dice_mean', nan):.4f} "
             f"| {m.get('test/dice_mean', nan):.4f} | {m['dice']:.4f} | {m['dice_tta']:.4f} "
             f"| {m['hd95']:.1f} | {m['hd95_tta']:.1f} "
-            f"| {m.get('dice_clean', nan):.4f} | {m.get('hd95_clean', nan):.1f} |"
+            f"| {m.get('dice_clean', nan):.4f} | {m.get('hd95_clean', nan):.1f} | {m.get('dice_tta_clean', nan):.4f} |"
         )
     if args.seeds and len(args.seeds) > 1:
         print_seed_summary(args.models, rows)

@@ -59,9 +59,13 @@ def one_line(exc: BaseException) -> str:
 
 
 def add_tta_option(parser: argparse.ArgumentParser) -> None:
-    """--tta, as medseg-eval, -predict and -export take it (default: the model's own flips)."""
+    """--tta, as medseg-eval, -predict and -export take it (default: the model's own views)."""
     parser.add_argument(
-        "--tta", nargs="*", default=None, metavar="FLIP", help="test-time flips: hflip, vflip (none: no TTA)"
+        "--tta",
+        nargs="*",
+        default=None,
+        metavar="VIEW",
+        help="test-time views, logits averaged: hflip, vflip, hvflip, scale<factor> such as scale1.25 (none: no TTA)",
     )
 
 

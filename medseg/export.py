@@ -2,7 +2,8 @@
 
 medseg-export CKPT [CKPT ...] --out model.onnx [--tta hflip] [--int8 [--tolerance 0.02]]
 
-Several checkpoints become one graph that averages their softmax; test-time flips are averaged inside it.
+Several checkpoints become one graph that averages their softmax; test-time views (flips, scales) are
+averaged inside it.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def export_checkpoint(
     atol: float = 1e-4,
     tta: Sequence[str] | None = None,
 ) -> tuple[Path, list[float]]:
-    """Export one checkpoint's network, or the ensemble of several, to ONNX (TTA flips inside the graph,
+    """Export one checkpoint's network, or the ensemble of several, to ONNX (TTA views inside the graph,
     None: the checkpoints' own setting) and verify it against PyTorch; returns (path, max errors)."""
     paths = [checkpoint] if isinstance(checkpoint, str | Path) else list(checkpoint)
     modules, info = load_members(paths)
@@ -109,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("checkpoint", type=Path, nargs="+", help="one checkpoint, or several to ensemble")
     parser.add_argument("--out", type=Path, required=True, help="output .onnx file")
     parser.add_argument("--atol", type=float, default=1e-4, help="max |logit| difference ORT vs PyTorch")
-    add_tta_option(parser)  # flips averaged inside the graph
+    add_tta_option(parser)  # views averaged inside the graph
     parser.add_argument("--int8", action="store_true", help="also write an INT8 model (<out>.int8.onnx)")
     parser.add_argument("--tolerance", type=float, default=0.02, help="max validation Dice drop for INT8")
     parser.add_argument("--calibration-batches", type=int, default=8)

@@ -30,7 +30,7 @@ class ModelInfo:
     window: str | list[float] | None = None
     input: str = "float32 [B, C, H, W] in [0, 1]: modality LUT, VOI window, MONOCHROME1 inverted"
     output: str = "float32 logits [B, K, H, W]; argmax over K gives class indices"
-    tta: list[str] = field(default_factory=list)  # test-time flips (ONNX: averaged inside the graph)
+    tta: list[str] = field(default_factory=list)  # test-time views (ONNX: averaged inside the graph)
     keep_largest: dict[str, int] | None = None  # post-processing: largest components kept per class
     members: int = 1  # checkpoints ensembled (softmax averaged; the output is then its logarithm)
 
@@ -81,12 +81,12 @@ def load_members(paths: Sequence[str | Path]) -> tuple[list, ModelInfo]:
 
 class Predictor:
     """Runs .ckpt checkpoints (PyTorch; several are ensembled) or one .onnx model (ONNX Runtime) on float32
-    [B, C, H, W] batches, with test-time flips and mask post-processing.
+    [B, C, H, W] batches, with test-time views and mask post-processing.
 
     Args:
         path: a .onnx file, a .ckpt file, or several .ckpt files whose softmax outputs are averaged.
         threads: ONNX Runtime intra-op threads.
-        tta: test-time flips (e.g. ["hflip"]); None: the model's own setting.
+        tta: test-time views (e.g. ["hflip"], ["scale1.25"]); None: the model's own setting.
         keep_largest: {class name: k} components to keep per class; None: the model's own, {}: none.
     """
 
@@ -109,7 +109,7 @@ class Predictor:
             self.session, self.info = _onnx_session(self.path, threads)
             baked, self.net = self.info.tta, self._run_session
             self.info.tta = baked if requested is None else requested
-            self.extra_tta = [name for name in self.info.tta if name not in baked]  # flips the graph lacks
+            self.extra_tta = [name for name in self.info.tta if name not in baked]  # views the graph lacks
         else:
             self.session = None
             modules, self.info = load_members(paths)
@@ -123,7 +123,7 @@ class Predictor:
         return torch.from_numpy(self.session.run(None, {self.session.get_inputs()[0].name: x.numpy()})[0])
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        """Logits [B, K, H, W] for images [B, C, H, W] (flip-averaged, ensembled as configured)."""
+        """Logits [B, K, H, W] for images [B, C, H, W] (view-averaged, ensembled as configured)."""
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
         with torch.inference_mode():
             return tta_logits(self.net, x, self.extra_tta).numpy()

@@ -37,7 +37,8 @@ class SegmentationModule(L.LightningModule):
         ignore_index: mask value left out of the loss and the metrics.
         log_images: log an input / truth / prediction grid at each validation.
         channels_last: train in NHWC memory format.
-        tta: test-time flips (e.g. ["hflip"]) whose logits are averaged at test and by the inference tools.
+        tta: test-time views (e.g. ["hflip"], ["scale1.25"]) whose logits are averaged at test and by the
+            inference tools.
         keep_largest: {class name: k}: at test and inference keep each class's k largest components, fill holes.
     """
 

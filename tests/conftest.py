@@ -16,9 +16,11 @@ from .helpers import REPO
 
 CXR_LUNG = REPO.parent / "shared" / "data" / "cxr_lung"
 
-# The tests' own pseudonymisation secret, never the user's: a key file in a fresh temporary folder.
+# The tests' own pseudonymisation secret, never the user's: a key file in a fresh temporary folder, removed with
+# the folder when the test process exits.
 os.environ.pop("MEDSEG_SECRET", None)
-os.environ["MEDSEG_KEY_FILE"] = str(Path(tempfile.mkdtemp(prefix="medseg-key-")) / "secret.key")
+_KEY_DIR = tempfile.TemporaryDirectory(prefix="medseg-key-")
+os.environ["MEDSEG_KEY_FILE"] = str(Path(_KEY_DIR.name) / "secret.key")
 
 
 def pytest_configure(config) -> None:

@@ -1,16 +1,17 @@
-"""Test-time flips, mask post-processing, checkpoint ensembles, encoder depth and weight averaging."""
+"""Test-time views (flips, scales), mask post-processing, checkpoint ensembles, encoder depth and weight averaging."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from medseg.evaluate import evaluate
 from medseg.export import export_checkpoint
 from medseg.inference import Predictor
 from medseg.models import PSPNet
-from medseg.models.averaging import Ensemble, TestTimeAugmented, tta_logits
+from medseg.models.averaging import Ensemble, TestTimeAugmented, check_tta, tta_logits
 from medseg.models.encoder import BACKBONES
 from medseg.postprocess import class_indices, keep_largest
 
@@ -41,6 +42,28 @@ def test_hflip_tta_is_the_mean_of_the_two_passes(net):
         averaged = tta_logits(net, x, ["hflip"])
     torch.testing.assert_close(averaged, expected)
     assert not torch.allclose(averaged, net(x).detach(), atol=1e-4)  # the flip matters on a general input
+
+
+def test_scale_tta_is_the_plain_prediction_on_a_constant_image():
+    torch.manual_seed(0)
+    pointwise = torch.nn.Conv2d(1, 3, 1)  # a per-pixel model: a constant image looks the same at any scale
+    x = torch.full((1, 1, 30, 42), 0.3)
+    with torch.no_grad():
+        torch.testing.assert_close(TestTimeAugmented(pointwise, ["scale0.5", "scale1.25"])(x), pointwise(x))
+
+
+def test_scale_tta_is_the_mean_with_the_resized_pass(net):
+    x = torch.rand(2, 1, 40, 56)
+    with torch.no_grad():
+        resized = net(F.interpolate(x, size=(50, 70), mode="bilinear"))  # 1.25 times the size
+        expected = (net(x) + F.interpolate(resized, size=(40, 56), mode="bilinear")) / 2
+        averaged = tta_logits(net, x, ["scale1.25"])
+    torch.testing.assert_close(averaged, expected)
+    assert not torch.allclose(averaged, net(x).detach(), atol=1e-4)
+    assert check_tta(["hflip", "scale0.75", "scale2"]) == ["hflip", "scale0.75", "scale2"]
+    for bad in ("scale1", "scale0", "scale5", "scale", "zoom1.25"):
+        with pytest.raises(ValueError, match="scale<factor>"):
+            check_tta([bad])
 
 
 def test_ensemble_of_two_copies_gives_the_single_networks_probabilities(net):
@@ -93,34 +116,39 @@ def test_ensemble_and_tta_through_the_predictor_and_eval(demo_checkpoint, demo_r
     assert len(flipped_rows) == len(rows["one"])
 
 
-@pytest.mark.slow  # one export of a 2-member graph with flips: four copies of the network
+@pytest.mark.slow  # one export of a 2-member graph with a flip and a scale: six copies of the network
 def test_ensemble_with_tta_exports_to_one_onnx_graph(make_cfg, tmp_path):
     from medseg.training import train
 
     overrides = ["debug=tiny", "model.net.encoder_depth=2", "stage.stages.0.epochs=1", "trainer.limit_train_batches=2"]
     train(make_cfg([*overrides, "test=false"]))
     checkpoint = tmp_path / "run" / "checkpoints" / "best.ckpt"
-    onnx_pair, errors = export_checkpoint([checkpoint, checkpoint], tmp_path / "pair.onnx", tta=["hflip"])
+    views = ["hflip", "scale1.25"]
+    onnx_pair, errors = export_checkpoint([checkpoint, checkpoint], tmp_path / "pair.onnx", tta=views)
     assert max(errors) <= 1e-4  # parity with the PyTorch ensemble at three sizes
     ort = Predictor(onnx_pair)
-    assert ort.info.members == 2 and ort.info.tta == ["hflip"] and ort.extra_tta == []
+    assert ort.info.members == 2 and ort.info.tta == views and ort.extra_tta == []
     batch = np.random.default_rng(0).random((1, 1, 80, 72), dtype=np.float32)
-    flipped = Predictor(checkpoint, tta=["hflip"])  # PyTorch, one member
+    flipped = Predictor(checkpoint, tta=views)  # PyTorch, one member
     probabilities = [torch.from_numpy(p.logits(batch)).softmax(1) for p in (ort, flipped)]
     torch.testing.assert_close(*probabilities, atol=1e-4, rtol=0)
 
 
-@pytest.mark.slow  # a 2-epoch training run
-def test_ema_weights_are_what_the_best_checkpoint_holds(make_cfg, tmp_path):
+@pytest.mark.slow  # a 2-epoch training run and its test
+def test_ema_weights_are_what_the_best_checkpoint_holds(make_cfg, tmp_path, monkeypatch):
     from medseg.checkpoint import load_checkpoint
+    from medseg.module import SegmentationModule
     from medseg.training import train
 
-    cfg = make_cfg(["debug=tiny", "stage.stages.0.epochs=2", "callbacks=ema", "test=false", "logger=csv"])
-    train(cfg)
+    name = "net.segmentation_head.weight"
+    tested = []  # the weights the test after fitting runs on
+    record = lambda module: tested.append(module.state_dict()[name].clone())  # noqa: E731
+    monkeypatch.setattr(SegmentationModule, "on_test_start", record)
+    train(make_cfg(["debug=tiny", "stage.stages.0.epochs=2", "callbacks=ema", "logger=csv"]))
     best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.ckpt")
     assert "current_model_state" in best  # Lightning's weight averaging: state_dict holds the EMA weights
-    name = "net.segmentation_head.weight"
     assert not torch.equal(best["state_dict"][name], best["current_model_state"][name])
+    assert len(tested) == 1 and torch.equal(tested[0], best["state_dict"][name])  # the test scores the EMA weights
 
 
 def test_ema_decay_warms_up_to_its_cap_and_copies_batch_counters():

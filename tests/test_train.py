@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from medseg.config import validate_config
+from medseg.models.averaging import check_tta
 from medseg.models.encoder import BACKBONES
 from medseg.postprocess import class_indices
 from medseg.training import train
@@ -129,6 +130,7 @@ def test_every_experiment_composes_to_a_network_that_keeps_the_input_size(make_c
         assert cfg.model.net.encoder_depth == 3 and cfg.callbacks.ema.multi_avg_fn.decay == 0.99
         assert [s.get("image_size") for s in cfg.stage.stages] == [128, None] and cfg.data.batch_size == 4
         assert class_indices(cfg.model.keep_largest, cfg.data.class_names) == {1: 2}  # two lungs, holes filled
+        assert check_tta(cfg.model.tta) == ["scale1.25"]  # the plain pass averaged with one at 1.25x
     validate_config(cfg)
 
 

@@ -1,7 +1,7 @@
 """Lightning callbacks of medseg."""
 
-from medseg.callbacks.ema import WarmupEMA
+from medseg.callbacks.ema import EMAWeightAveraging, WarmupEMA
 from medseg.callbacks.epoch_log import EpochLog
 from medseg.callbacks.progressive import ProgressiveSchedule, Stage
 
-__all__ = ["EpochLog", "ProgressiveSchedule", "Stage", "WarmupEMA"]
+__all__ = ["EMAWeightAveraging", "EpochLog", "ProgressiveSchedule", "Stage", "WarmupEMA"]

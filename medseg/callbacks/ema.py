@@ -1,8 +1,10 @@
-"""Exponential moving average of the weights with a decay warm-up, for Lightning's WeightAveraging callback."""
+"""Exponential moving average of the weights with a decay warm-up, on Lightning's WeightAveraging callback."""
 
 from __future__ import annotations
 
 import torch
+from lightning.pytorch.callbacks import WeightAveraging
+from lightning.pytorch.trainer.states import TrainerFn
 
 
 def ema_decay(step: int, decay: float, warmup: float) -> float:
@@ -30,3 +32,28 @@ class WarmupEMA:
             torch._foreach_copy_(averaged, current)
             return
         torch._foreach_lerp_(averaged, current, 1.0 - ema_decay(int(num_averaged), self.decay, self.warmup))
+
+
+class EMAWeightAveraging(WeightAveraging):
+    """Lightning's WeightAveraging whose runs after fitting (test, validate, predict) keep the averaged weights.
+
+    A checkpoint written during fitting holds the averaged weights in `state_dict` and the raw ones in
+    `current_model_state`. Lightning's callback, which keeps its average after `fit`, loads the raw weights back
+    into the model whenever a checkpoint is loaded, so `trainer.test(ckpt_path="best")` would score weights that
+    were never validated, and swaps its final average in at each validation. Outside fitting this callback
+    leaves the model with what the checkpoint's `state_dict` holds: the averaged weights that earned "best"."""
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        """Restore the average and the raw weights when resuming a fit; keep the averaged weights otherwise."""
+        if trainer.state.fn == TrainerFn.FITTING:
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        """Swap the averaged weights in for validation during fitting only."""
+        if trainer.state.fn == TrainerFn.FITTING:
+            super().on_validation_epoch_start(trainer, pl_module)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        """Swap the raw weights back after a validation during fitting."""
+        if trainer.state.fn == TrainerFn.FITTING:
+            super().on_validation_epoch_end(trainer, pl_module)
