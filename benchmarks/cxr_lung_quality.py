@@ -145,8 +145,9 @@ def split_scores(cfg, best: Path, tta: list[str], split: str = "test") -> dict[s
     whole: defaultdict[str, MetricCollection] = defaultdict(lambda: segmentation_metrics(len(cfg.data.class_names)))
     with torch.no_grad():
         for batch in datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader():
-            variants = {"": tta_logits(module, batch["image"], []).argmax(1).numpy()}
-            variants["_tta"] = tta_logits(module, batch["image"], tta).argmax(1).numpy()
+            plain = module(batch["image"])
+            variants = {"": plain.argmax(1).numpy()}
+            variants["_tta"] = tta_logits(module, batch["image"], tta, plain).argmax(1).numpy()
             if module.keep:
                 for suffix in ("", "_tta"):
                     variants[f"{suffix}_clean"] = np.stack([keep_largest(p, module.keep) for p in variants[suffix]])
@@ -205,12 +206,10 @@ def main() -> None:
     if not (CXR / "images").is_dir():
         raise SystemExit(f"{CXR} not found: this benchmark needs the chest X-ray data set")
     torch.set_num_threads(2)
-    for run in args.rescore or []:
-        scores = split_scores(
-            OmegaConf.load(run / "config.yaml"), run / "checkpoints" / "best.ckpt", args.tta, args.split
-        )
-        print(f"{run} ({args.split}, TTA {'+'.join(args.tta)}): {scores}", flush=True)
     if args.rescore:
+        for run in args.rescore:
+            config, best = OmegaConf.load(run / "config.yaml"), run / "checkpoints" / "best.ckpt"
+            print(f"{run} ({args.split}, TTA {'+'.join(args.tta)}): {split_scores(config, best, args.tta, args.split)}")
         return
     rows = []
     if args.epoch_times:

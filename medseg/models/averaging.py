@@ -43,11 +43,13 @@ def view_logits(net: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, na
     return F.interpolate(net(scaled), size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def tta_logits(net: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tta: Sequence[str]) -> torch.Tensor:
-    """Mean of NET's logits over the plain input and each test-time view of it (mapped back).
+def tta_logits(
+    net: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tta: Sequence[str], plain: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean of NET's logits over the plain input (PLAIN, when already computed) and each test-time view of it.
 
     One pass per view: a batch made of the views would fix the batch size of an exported ONNX graph."""
-    logits = net(x)
+    logits = net(x) if plain is None else plain
     for name in tta:
         logits = logits + view_logits(net, x, name)
     return logits / (1 + len(tta))
