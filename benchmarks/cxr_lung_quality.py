@@ -29,6 +29,7 @@ from omegaconf import OmegaConf, open_dict
 
 from medseg.config import compose_config
 from medseg.models.encoder import BACKBONES
+from medseg.registry import register
 from medseg.training import train
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,6 +67,9 @@ def configure(model: str, out: Path, experiment: str = "cxr_lung_scratch", seed:
         with open_dict(cfg):
             cfg.data.seed, cfg.seed = int(cfg.data.seed), seed  # the split stays the experiment's
     if name == "smp":
+        from smp_reference import smp_pspnet
+
+        register("smp_reference.smp_pspnet", smp_pspnet)  # this script's own reference network
         with open_dict(cfg):
             cfg.model.net = OmegaConf.create(
                 {"_target_": "smp_reference.smp_pspnet", "encoder_name": backbone, "in_channels": cfg.data.in_channels}

@@ -1,43 +1,21 @@
-"""Checkpoints as data: weights-only loading, an allow-list for what their hyper-parameters may name, atomic saves."""
+"""Checkpoints as data: weights-only loading, hyper-parameters checked against the registry, atomic saves."""
 
 from __future__ import annotations
 
-import inspect
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from torch.optim.lr_scheduler import LRScheduler
 
-from medseg import schedulers
 from medseg.io import atomic_path
-
-# Classes a checkpoint's hyper-parameters may name with `_target_`: this package's networks and losses.
-# Optimizers of torch.optim and LR schedulers of torch.optim.lr_scheduler and medseg.schedulers are allowed
-# by type (see allowed_target).
-ALLOWED_TARGETS = frozenset(
-    {
-        "medseg.models.PSPNet",
-        "medseg.models.pspnet.PSPNet",
-        "medseg.losses.DiceLoss",
-        "medseg.losses.FocalLoss",
-        "medseg.losses.HybridLoss",
-    }
-)
-
-BY_TYPE: dict[str, tuple[ModuleType, type]] = {
-    "torch.optim": (torch.optim, torch.optim.Optimizer),
-    "torch.optim.lr_scheduler": (torch.optim.lr_scheduler, LRScheduler),
-    "medseg.schedulers": (schedulers, LRScheduler),
-}
+from medseg.registry import UnsafeSpec, check_plain, lookup
 
 
 class UnsafeCheckpoint(ValueError):
-    """A checkpoint asks for code outside the allow-list, or comes from where it may not."""
+    """A checkpoint asks for code outside the registry, holds an interpolation, or comes from where it may not."""
 
 
 def is_url(path: str | os.PathLike) -> bool:
@@ -46,32 +24,17 @@ def is_url(path: str | os.PathLike) -> bool:
 
 
 def allowed_target(name: str) -> bool:
-    """True for the allow-listed classes and for optimizers and LR schedulers of torch and medseg.schedulers
-    (looked up, never called)."""
-    if name in ALLOWED_TARGETS:
-        return True
-    module_name, _, attr = name.rpartition(".")
-    if module_name not in BY_TYPE or attr.startswith("_"):
-        return False
-    module, base = BY_TYPE[module_name]
-    value = inspect.getattr_static(module, attr, None)
-    return inspect.isclass(value) and issubclass(value, base)
+    """True for the names `medseg.registry` builds: this package's networks and losses, optimizers and LR
+    schedulers of torch and medseg.schedulers (looked up, never called)."""
+    return lookup(name) is not None
 
 
-def check_targets(tree: Any, source: str, where: str = "") -> None:
-    """Raise UnsafeCheckpoint if any `_target_` in TREE (nested dicts and lists) is not allowed."""
-    if isinstance(tree, Mapping):
-        target = tree.get("_target_")
-        if target is not None and not (isinstance(target, str) and allowed_target(target)):
-            raise UnsafeCheckpoint(
-                f"{source}: refused: {where or 'hyper-parameters'} name {target!r}, which is not a medseg network, "
-                "loss, torch optimizer or LR scheduler"
-            )
-        for key, value in tree.items():
-            check_targets(value, source, f"{where}.{key}" if where else str(key))
-    elif isinstance(tree, list | tuple):
-        for i, value in enumerate(tree):
-            check_targets(value, source, f"{where}[{i}]")
+def check_hyper_parameters(tree: Any, source: str, where: str) -> None:
+    """Raise UnsafeCheckpoint unless TREE is plain data with allowed `_target_` names and no interpolation."""
+    try:
+        check_plain(tree, where)
+    except UnsafeSpec as exc:
+        raise UnsafeCheckpoint(f"{source}: {exc}") from None
 
 
 def load_checkpoint(path: str | os.PathLike, allow_remote: bool = False, lightning: bool = True) -> dict:
@@ -97,7 +60,7 @@ def load_checkpoint(path: str | os.PathLike, allow_remote: bool = False, lightni
     if not isinstance(checkpoint, dict) or (lightning and not isinstance(checkpoint.get("state_dict"), Mapping)):
         raise ValueError(f"{path}: not a Lightning checkpoint (no state_dict)")
     for key in ("hyper_parameters", "datamodule_hyper_parameters"):
-        check_targets(checkpoint.get(key, {}), str(path), key)
+        check_hyper_parameters(checkpoint.get(key, {}), str(path), key)
     return checkpoint
 
 

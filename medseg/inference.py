@@ -15,6 +15,7 @@ from medseg.checkpoint import load_checkpoint
 from medseg.data.augment import size_pair
 from medseg.models.averaging import check_tta, inference_net, tta_logits
 from medseg.postprocess import class_indices, keep_largest
+from medseg.registry import check_arguments
 
 METADATA_KEY = "medseg"
 
@@ -58,7 +59,16 @@ def load_checkpoint_module(path: str | Path):
     from medseg.module import SegmentationModule
 
     checkpoint = load_checkpoint(path)
-    module = SegmentationModule(**checkpoint["hyper_parameters"])
+    hparams = dict(checkpoint["hyper_parameters"])
+    net = dict(hparams.get("net") or {})
+    for key, value in (("pretrained", False), ("weights_path", None)):  # the state dict holds every weight
+        if key in net:
+            net[key] = value
+    try:
+        check_arguments(SegmentationModule, {**hparams, "net": net}, "hyper_parameters")
+        module = SegmentationModule(**{**hparams, "net": net})
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     module.load_state_dict(checkpoint["state_dict"])
     module.on_load_checkpoint(checkpoint)
     return module.eval(), checkpoint_info(checkpoint)

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 import lightning as L
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torchmetrics import MetricCollection
 
@@ -16,6 +15,7 @@ from medseg.metrics import segmentation_metrics, update_ignoring
 from medseg.models import PARTS
 from medseg.models.averaging import check_tta, tta_logits
 from medseg.postprocess import class_indices, keep_largest
+from medseg.registry import build
 from medseg.visualize import overlay_grid
 
 
@@ -25,7 +25,7 @@ def _plain(cfg):
 
 
 class SegmentationModule(L.LightningModule):
-    """Trains and evaluates a segmentation network built from its config.
+    """Trains and evaluates a segmentation network built from its config through `medseg.registry`.
 
     Args:
         net: the network's config (`_target_` medseg.models.PSPNet and its arguments).
@@ -63,10 +63,10 @@ class SegmentationModule(L.LightningModule):
         self.tta = check_tta(tta)
         self.keep = class_indices(keep_largest, self.class_names)
         num_classes = len(self.class_names)
-        self.net = instantiate(net, num_classes=num_classes, _convert_="all")
+        self.net = build(self.hparams.net, "net", num_classes=num_classes)
         if channels_last:  # NHWC convolutions: about 1.5x faster training on CPU with dilated encoders
             self.net.to(memory_format=torch.channels_last)
-        self.criterion = instantiate(loss, ignore_index=ignore_index)
+        self.criterion = build(self.hparams.loss, "loss", ignore_index=ignore_index)
         self.register_buffer("class_weights", torch.ones(num_classes))
         self._weights_set = class_weights is None
         if class_weights not in (None, "auto"):
@@ -162,8 +162,8 @@ class SegmentationModule(L.LightningModule):
 
     def configure_optimizers(self):
         """Optimizer and optional scheduler from their (partial) configs."""
-        optimizer = instantiate(self.hparams.optimizer)(params=self.parameters())
+        optimizer = build(self.hparams.optimizer, "optimizer")(params=self.parameters())
         if not self.hparams.scheduler:
             return optimizer
-        scheduler = instantiate(self.hparams.scheduler)(optimizer=optimizer)
+        scheduler = build(self.hparams.scheduler, "scheduler")(optimizer=optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

@@ -7,11 +7,13 @@ import time
 from pathlib import Path
 
 import lightning as L
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from medseg.callbacks.progressive import Stage
 from medseg.checkpoint import SafeCheckpointIO, UnsafeCheckpoint, is_url, load_checkpoint
+from medseg.cli import USER_ERRORS
 from medseg.config import validate_config  # also registers the resolvers
 from medseg.data.augment import size_pair
 from medseg.io import atomic_path
@@ -22,11 +24,21 @@ from medseg.tracking import log_run_summary
 log = logging.getLogger(__name__)
 
 
+def instantiate_user(cfg: DictConfig, **kwargs):
+    """Instantiate the user's own composed config; a user error raised inside comes out as itself (one line)."""
+    try:
+        return instantiate(cfg, **kwargs)
+    except InstantiationException as exc:
+        if isinstance(exc.__cause__, USER_ERRORS):
+            raise exc.__cause__ from None
+        raise
+
+
 def instantiate_dict(cfg: DictConfig | None) -> list:
     """Instantiate every entry with a _target_ of a config mapping (callbacks, loggers)."""
     if not cfg:
         return []
-    return [instantiate(c, _convert_="all") for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
+    return [instantiate_user(c, _convert_="all") for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
 
 
 def load_weights(module: L.LightningModule, checkpoint: str | Path, allow_remote: bool = False) -> None:
@@ -107,14 +119,14 @@ def train(cfg: DictConfig) -> tuple[float | None, dict]:
     route_library_logs()
     save_config(cfg, Path(cfg.paths.output_dir) / "config.yaml")
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data, _convert_="all")
-    model = instantiate(cfg.model, _recursive_=False)
+    datamodule = instantiate_user(cfg.data, _convert_="all")
+    model = instantiate_user(cfg.model, _recursive_=False)
     callbacks = instantiate_dict(cfg.get("callbacks"))
     loggers = instantiate_dict(cfg.get("logger"))
     remote = bool(cfg.get("allow_remote_checkpoints"))
     ckpt_path = resume_path(cfg.get("ckpt_path"), remote)
     plugins = [SafeCheckpointIO(allow_remote=remote)]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
+    trainer: L.Trainer = instantiate_user(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
     first = Stage(**OmegaConf.to_container(cfg.stage.stages[0], resolve=True))  # type: ignore[arg-type]
     if cfg.get("init_from"):
         load_weights(model, cfg.init_from, remote)

@@ -41,9 +41,15 @@ class Encoder(nn.Module):
             path = Path(weights_path).expanduser()
             if not path.is_file():
                 raise FileNotFoundError(f"encoder weights file not found: {path}")
-            self.body = timm.create_model(
-                timm_name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs
-            )
+            try:
+                self.body = timm.create_model(
+                    timm_name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs
+                )
+            except Exception as exc:  # a pickle, another network's weights, a truncated file
+                first = (str(exc).strip().splitlines() or [""])[0][:200]
+                raise ValueError(
+                    f"{path}: not readable encoder weights for {timm_name} ({type(exc).__name__}: {first})"
+                ) from None
         elif pretrained:
             try:
                 self.body = timm.create_model(timm_name, pretrained=True, **kwargs)

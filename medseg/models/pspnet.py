@@ -68,7 +68,15 @@ class PSPNet(nn.Module):
     ) -> None:
         super().__init__()
         if isinstance(bins, str):  # "1-3-5-7", as sweepers pass choices
-            bins = [int(b) for b in bins.replace(",", "-").split("-") if b]
+            bins = [int(b) for b in bins.replace(",", "-").split("-") if b.strip().isdigit()]
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout: expected a number in [0, 1), got {dropout!r}")
+        if not bins or any(b < 1 for b in bins):
+            raise ValueError(f"bins: expected positive pooling grid sizes, got {bins!r}")
+        if decoder_channels < 1 or num_classes < 2:
+            raise ValueError(
+                f"decoder_channels and num_classes must be >= 1 and >= 2, got {decoder_channels}, {num_classes}"
+            )
         self.encoder = Encoder(encoder_name, in_channels, output_stride, pretrained, weights_path, encoder_depth)
         self.decoder = PSPDecoder(self.encoder.out_channels, tuple(bins), decoder_channels, dropout)
         self.segmentation_head = nn.Conv2d(decoder_channels, num_classes, 1)
