@@ -30,7 +30,7 @@ from medseg.data.dataset import load_image_meta, load_mask
 from medseg.data.index import Sample, index_dicom, index_folder
 from medseg.inference import Predictor
 from medseg.io import atomic_path
-from medseg.privacy import pseudonym, pseudonymous_path
+from medseg.privacy import output_name, pseudonym, pseudonymous_path
 from medseg.visualize import overlay_grid
 
 
@@ -71,9 +71,12 @@ def evaluate(
     split: str = "test",
     tta: Sequence[str] | None = None,
     keep_largest: dict[str, int] | None = None,
+    keep_names: bool = False,
 ) -> list[dict]:
     """Evaluate MODEL (one model or an ensemble of checkpoints; TTA and post-processing as the Predictor
-    takes them) on the labelled images under DATA_DIR (one split of a run's split.json); returns rows."""
+    takes them) on the labelled images under DATA_DIR (one split of a run's split.json); returns rows.
+
+    Cases are named by keyed pseudonym (of the SOP instance, or of the image's path) unless KEEP_NAMES."""
     predictor = Predictor(model, tta=tta, keep_largest=keep_largest)
     info, out, data_dir = predictor.info, Path(out), Path(data_dir)
     classes = info.class_names
@@ -88,7 +91,11 @@ def evaluate(
         pred = predictor.segment(image)
         spacing = list(meta.pixel_spacing) if meta is not None and meta.pixel_spacing else None
         scores = case_scores(pred, target, len(classes), spacing)
-        name = f"{pseudonym(meta.sop_uid)}_{sample.frame:04d}" if meta is not None else sample.image.stem
+        name = (
+            f"{pseudonym(meta.sop_uid)}_{sample.frame:04d}"
+            if meta is not None
+            else output_name(sample.image, data_dir / "images", keep_names)
+        )
         for k, cls in enumerate(classes[1:]):
             rows.append(
                 dict(
@@ -163,10 +170,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--worst", type=int, default=5, help="how many worst-case overlays to write")
     parser.add_argument("--split-file", type=Path, default=None, help="a run's split.json: evaluate one of its splits")
     parser.add_argument("--split", default="test", help="which split of --split-file (default: test)")
+    parser.add_argument("--keep-names", action="store_true", help="name image cases by file name, not pseudonym")
     add_inference_options(parser)
     parser.add_argument("--debug", action="store_true", help="full tracebacks")
     args = parser.parse_args(argv)
-    keys = ("mask_threshold", "mask_mapping", "worst", "patient_regex", "split_file", "split")
+    keys = ("mask_threshold", "mask_mapping", "worst", "patient_regex", "split_file", "split", "keep_names")
     options = {key: getattr(args, key) for key in keys} | inference_options(args)
     run_cli("medseg-eval", args.debug, lambda: evaluate(args.model, args.data_dir, args.out, **options))
     with open(args.out / "summary.csv") as handle:

@@ -26,7 +26,7 @@ from medseg.data.dicom import slice_position
 from medseg.data.index import IMAGE_SUFFIXES, Sample
 from medseg.inference import Predictor
 from medseg.io import atomic_path
-from medseg.privacy import pseudonym
+from medseg.privacy import output_name, pseudonym, register_source
 from medseg.visualize import overlay, palette_png
 
 log = logging.getLogger(__name__)
@@ -147,36 +147,49 @@ def write_nifti(sources: Sequence[Path], masks: Sequence[np.ndarray], out: Path)
     return path
 
 
+def series_frames(items: Sequence[tuple[Path, pydicom.Dataset]]) -> list[tuple[Path, int]]:
+    """Every (file, frame) of a sorted series: each frame of a multi-frame object is a slice."""
+    return [(path, frame) for path, ds in items for frame in range(int(ds.get("NumberOfFrames", 1) or 1))]
+
+
 def predict(
     model: str | Path | Sequence[str | Path],
     source: str | Path,
     out: str | Path,
     policy: str = "resize",
     nifti: bool = False,
+    keep_names: bool = False,
     **options,
 ) -> list[Path]:
-    """Segment every slice under SOURCE (OPTIONS: the Predictor's tta, keep_largest); returns the SEG/NIfTI files."""
+    """Segment every slice under SOURCE (OPTIONS: the Predictor's tta, keep_largest); returns the SEG/NIfTI files.
+
+    Output names are keyed pseudonyms (of the series UID, or of an image's path below SOURCE) unless KEEP_NAMES.
+    """
     predictor = Predictor(model, **options)
     info = predictor.info
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    files = find_inputs(Path(source))
+    out, source = Path(out), Path(source)
+    files = find_inputs(source)
+    register_source(source if source.is_dir() else source.parent)
     dicoms = [p for p in files if p.suffix.lower() == ".dcm"]
     images = [p for p in files if p.suffix.lower() != ".dcm"]
     segs: list[Path] = []
     skipped: list[tuple[Path, str]] = []
+    predicted = 0
     for uid, items in group_series(dicoms, skipped).items():
         masks: list[np.ndarray] = []
         sources: list[Path] = []
-        for path, _ in progress(items, len(items), f"series {pseudonym(uid)}"):
+        frames = series_frames(items)
+        for path, frame in progress(frames, len(frames), f"series {pseudonym(uid)}"):
             try:
-                image = load_image(Sample(path, path, "", "dicom"), info.in_channels, info.window)
+                image = load_image(Sample(path, path, "", "dicom", frame), info.in_channels, info.window)
             except ValueError as exc:  # no pixel data, undecodable
                 _skip(skipped, path, str(exc).split(": ", 1)[-1])
                 continue
             masks.append(predictor.segment(image, policy))
-            save_mask_and_overlay(image, masks[-1], out, f"{pseudonym(uid)}_{len(sources):04d}")
-            sources.append(path)
+            save_mask_and_overlay(image, masks[-1], out, f"{pseudonym(uid)}_{len(masks) - 1:04d}")
+            if path not in sources:
+                sources.append(path)
+        predicted += len(masks)
         if not sources:
             continue
         try:
@@ -184,16 +197,22 @@ def predict(
         except Exception as exc:  # e.g. sources without the geometry a SEG needs
             log.warning("series %s: no DICOM SEG written (%s)", pseudonym(uid), exc)
         if nifti:
-            segs.append(write_nifti(sources, masks, out))
+            try:
+                segs.append(write_nifti(sources, masks, out))
+            except (AttributeError, ValueError) as exc:  # no slice geometry (e.g. an enhanced multi-frame object)
+                log.warning("series %s: no NIfTI written (%s)", pseudonym(uid), exc)
     for path in progress(images, len(images), "images"):
         try:
             image = load_image(Sample(path, path, "", "image"), info.in_channels)
         except ValueError as exc:
             _skip(skipped, path, str(exc).split(": ", 1)[-1])
             continue
-        save_mask_and_overlay(image, predictor.segment(image, policy), out, path.stem)
+        save_mask_and_overlay(image, predictor.segment(image, policy), out, output_name(path, source, keep_names))
+        predicted += 1
     if skipped:
         log.warning("%d input files skipped (see the lines above)", len(skipped))
+    if not predicted:
+        raise ValueError(f"{source}: none of its {len(files)} input files could be read (see the lines above)")
     return segs
 
 
@@ -212,6 +231,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="resize to the training size, or slide training-size windows at native resolution",
     )
     parser.add_argument("--nifti", action="store_true", help="also write each DICOM series' labels as .nii.gz")
+    parser.add_argument(
+        "--keep-names", action="store_true", help="name image outputs by their input path, not by keyed pseudonym"
+    )
     add_inference_options(parser)
     parser.add_argument("--debug", action="store_true", help="full tracebacks")
     args = parser.parse_args(argv)
@@ -219,7 +241,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     written = run_cli(
         "medseg-predict",
         args.debug,
-        lambda: predict(args.model, args.input, args.out, args.policy, args.nifti, **inference_options(args)),
+        lambda: predict(
+            args.model, args.input, args.out, args.policy, args.nifti, args.keep_names, **inference_options(args)
+        ),
     )
     print(f"wrote masks and overlays to {args.out}" + "".join(f"\n{p}" for p in written))
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pydicom
 
 from medseg.data.labels import find_label, label_lookups, masks_by_stem
+from medseg.privacy import register_source
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ def index_dicom(root: str | Path, strict: bool = False) -> list[Sample]:
     and skipped (raised with STRICT).
     """
     root = Path(root)
+    register_source(root)
     lookups = label_lookups(root / "masks")
     samples, skipped, fallback = [], 0, 0
     for path in sorted((root / "images").rglob("*.dcm")):
@@ -82,6 +84,7 @@ def index_dicom(root: str | Path, strict: bool = False) -> list[Sample]:
 def index_folder(root: str | Path, patient_regex: str = r"^(.*)$") -> list[Sample]:
     """Pair images/NAME.{png,jpg,...} with masks/NAME.png; patient from the regex's first group."""
     root = Path(root)
+    register_source(root)
     masks = masks_by_stem(root / "masks")
     pattern = re.compile(patient_regex)
     samples = []
