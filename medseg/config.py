@@ -102,7 +102,7 @@ def validate_config(cfg: DictConfig) -> None:
     data = cfg.data
     if OmegaConf.is_missing(data, "root") or (data.get("layout") == "folder" and not data.get("root")):
         raise ValueError("data.root is required with this data config: the folder to train on")
-    checks = {
+    checks = data_checks(data, "data.") | {
         "data.batch_size": (data.get("batch_size"), _positive_int, "a positive integer"),
         "data.image_size": (data.get("image_size"), _size, "a positive integer or [height, width]"),
         "data.num_workers": (
@@ -131,10 +131,47 @@ def validate_config(cfg: DictConfig) -> None:
             lambda v: v is None or _size(v),
             "null, a positive integer or [height, width]",
         )
+    run_checks(checks)
+
+
+def run_checks(checks: dict) -> None:
+    """Raise one ValueError naming the first key whose value fails its check."""
     for key, (value, ok, expected) in checks.items():
         value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
         if not ok(value):
             raise ValueError(f"{key}: expected {expected}, got {value!r}")
+
+
+def _window(value) -> bool:
+    from medseg.data.dicom import WINDOW_PRESETS
+
+    if value is None or (isinstance(value, str) and value in WINDOW_PRESETS):
+        return True
+    return isinstance(value, list | tuple) and len(value) == 2 and all(map(_number, value)) and value[1] > 0
+
+
+def _label(value) -> bool:
+    """An integer label value of a mask file (16 bits at most)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 65535
+
+
+def _mapping(value) -> bool:
+    def label(v) -> bool:
+        return _label(v) or (isinstance(v, str) and v.isdigit())
+
+    return value is None or (isinstance(value, dict) and all(label(k) and label(v) for k, v in value.items()))
+
+
+def data_checks(data, prefix: str) -> dict:
+    """The checks of the decoding settings in DATA (window, mask threshold and mapping), keys named with PREFIX."""
+    from medseg.data.dicom import WINDOW_PRESETS
+
+    checks = {
+        "window": (_window, f"null, a preset {sorted(WINDOW_PRESETS)} or [center, width > 0]"),
+        "mask_threshold": (lambda v: v is None or _label(v), "null or an integer label value in 0..65535"),
+        "mask_mapping": (_mapping, "null or a mapping of label values to class indices, e.g. {255: 1}"),
+    }
+    return {f"{prefix}{key}": (data.get(key), ok, expected) for key, (ok, expected) in checks.items() if key in data}
 
 
 class RunFolderCheck(Callback):

@@ -17,6 +17,7 @@ import csv
 import hashlib
 import io
 import logging
+import re
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -32,10 +33,10 @@ from medseg.cli import progress, run_cli
 from medseg.data.dataset import load_mask
 from medseg.data.dicom import NoPixelData, read_frames
 from medseg.data.index import Sample, patient_key
-from medseg.data.labels import find_label, label_lookups
+from medseg.data.labels import find_label, label_key, label_lookups
 from medseg.data.split import split_patients
 from medseg.io import atomic_path
-from medseg.privacy import pseudonym, pseudonymous_path
+from medseg.privacy import pseudonym, pseudonymous_path, register_source
 from medseg.visualize import palette_png
 
 log = logging.getLogger(__name__)
@@ -104,11 +105,15 @@ def _up_to_date(job: Job, rows: list[dict], digest: str) -> bool:
         return False
     sop = str(pydicom.dcmread(job.path, stop_before_pixels=True).get("SOPInstanceUID", ""))
     return all(
-        r.get("label_digest") == file_digest(find_label(job.labels, job.path, int(r["frame"]), len(rows), sop))
+        r.get("label_digest") == file_digest(_label(job, int(r["frame"]), len(rows), sop))
         and _readable(job.dst / "JPEGImages" / f"{r['stem']}{suffix}")
         and (not r["label"] or _readable(job.dst / "SegmentationClass" / f"{r['stem']}.png"))
         for r in rows
     )
+
+
+def _label(job: Job, frame: int, frames: int, sop: str) -> Path | None:
+    return find_label(job.labels, job.path, frame, frames, sop, label_key(job.path, job.src))
 
 
 def convert_file(job: Job) -> tuple[list[dict], tuple[str, str] | None, tuple[str, str] | None]:
@@ -139,7 +144,7 @@ def convert_file(job: Job) -> tuple[list[dict], tuple[str, str] | None, tuple[st
         pixels = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
         suffix, fmt = (".jpg", "JPEG") if job.jpeg else (".png", "PNG")
         _save_png(Image.fromarray(pixels), job.dst / "JPEGImages" / f"{stem}{suffix}", fmt)
-        label = find_label(job.labels, job.path, meta.frame, len(frames), sop)
+        label = _label(job, meta.frame, len(frames), sop)
         if label is not None:
             sample = Sample(job.path, label, "", "dicom", meta.frame)
             mask = load_mask(sample, 256, meta=meta, shape=image.shape[:2])
@@ -161,14 +166,40 @@ def convert_file(job: Job) -> tuple[list[dict], tuple[str, str] | None, tuple[st
     return rows, None, None
 
 
+STEM = re.compile(r"^[0-9a-f]{16}_[0-9a-f]{8}_[0-9a-f]{10}_[0-9]{4}$")
+HEX = re.compile(r"^[0-9a-f]*$")
+
+
+def _valid_row(row: dict) -> bool:
+    """A manifest row as medseg-convert writes it: pseudonymous stem and source, digests, a frame number."""
+    return (
+        bool(STEM.match(row.get("stem") or ""))
+        and bool(re.match(r"^[0-9a-f]{16}(/[0-9a-f]{16})*$", row.get("source") or ""))
+        and (row.get("frame") or "").isdigit()
+        and all(HEX.match(row.get(k) or "") for k in ("source_digest", "label_digest"))
+        and row.get("label") in ("True", "False")
+    )
+
+
 def _read_manifest(path: Path) -> dict[str, list[dict]]:
+    """The previous conversion's rows by source; rows not as medseg-convert writes them are ignored (reconverted)."""
     previous: dict[str, list[dict]] = {}
-    if path.is_file():
-        with open(path, newline="") as handle:
-            for row in csv.DictReader(handle):
-                row["frame"] = int(row["frame"])
-                row["label"] = row["label"] == "True"
-                previous.setdefault(row["source"], []).append(row)
+    if not path.is_file():
+        return previous
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    invalid = [r for r in rows if not _valid_row(r)]
+    if invalid:
+        log.warning(
+            "%s: %d rows not as medseg-convert writes them; their sources are converted again", path, len(invalid)
+        )
+    bad_sources = {r.get("source") for r in invalid}
+    for row in rows:
+        if row.get("source") in bad_sources or not _valid_row(row):
+            continue
+        row["frame"] = int(row["frame"])
+        row["label"] = row["label"] == "True"
+        previous.setdefault(row["source"], []).append(row)
     return previous
 
 
@@ -186,9 +217,14 @@ def convert(
     src, dst = Path(src).resolve(), Path(dst).resolve()
     if dst == src or src in dst.parents:
         raise ValueError(f"{dst}: the output must not be inside the source folder {src}")
+    if not src.is_dir():
+        raise FileNotFoundError(f"{src}: no such folder")
+    register_source(src)
     labels = label_lookups(src / "masks")
-    previous = _read_manifest(dst / "manifest.csv")
     files = [p for p in sorted(src.rglob("*")) if p.is_file() and (src / "masks") not in p.parents]
+    if not files:
+        raise FileNotFoundError(f"{src}: no files to convert")
+    previous = _read_manifest(dst / "manifest.csv")
     jobs = [Job(p, src, dst, labels, window, jpeg, previous) for p in files]
     report = Report()
     pydicom_log = logging.getLogger("pydicom")
@@ -221,6 +257,11 @@ def convert(
     )
     if report.orphans:
         log.warning("%d output files in %s belong to no converted source", len(report.orphans), dst)
+    if not report.rows:
+        raise ValueError(
+            f"{src}: no DICOM frame could be converted ({len(report.failed)} files refused, "
+            f"{len(report.skipped)} without images)"
+        )
     return report
 
 

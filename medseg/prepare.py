@@ -30,10 +30,11 @@ import numpy as np
 import yaml
 
 from medseg.cli import run_cli
+from medseg.config import data_checks, run_checks
 from medseg.data.datamodule import SegmentationDataModule
 from medseg.data.dataset import MaskValueError
 from medseg.data.index import Sample
-from medseg.data.prepared import FORMAT_VERSION, METADATA, SPLITS, read_metadata, verify_chunks
+from medseg.data.prepared import FORMAT_VERSION, METADATA, SPLITS, file_sha256, read_metadata, verify_chunks
 from medseg.data.split import subset_patients
 from medseg.io import atomic_path
 from medseg.privacy import pseudonym, pseudonymous_path
@@ -105,7 +106,15 @@ def fingerprint(samples: Sequence[Sample]) -> str:
 def _chunks(folder: Path) -> list[dict]:
     """The chunk files of one split with their sizes, as index.json lists them."""
     index = json.loads((folder / "index.json").read_text())
-    return [{"filename": c["filename"], "bytes": (folder / c["filename"]).stat().st_size} for c in index["chunks"]]
+    return [
+        {
+            "filename": c["filename"],
+            "bytes": (folder / c["filename"]).stat().st_size,
+            "items": c["chunk_size"],
+            "sha256": file_sha256(folder / c["filename"]),
+        }
+        for c in index["chunks"]
+    ]
 
 
 def _optimize(items: list[Item], folder: Path, decode, dtype: str, workers: int, chunk_bytes: str, compression) -> None:
@@ -138,6 +147,7 @@ def prepare(
     """Write SRC as litdata chunks per split into OUT; returns the metadata written to OUT/medseg.json."""
     if dtype not in ("float16", "uint8"):
         raise ValueError(f"dtype must be float16 or uint8, got {dtype!r}")
+    run_checks(data_checks(data, ""))
     src, out = Path(src).expanduser().resolve(), Path(out).expanduser().resolve()
     if out == src or src in out.parents:
         raise ValueError(f"{out}: the output must not be inside the source folder {src}")

@@ -55,7 +55,8 @@ def secret() -> bytes:
 
 def pseudonym(value: str, length: int = 16) -> str:
     """Keyed pseudonym of an identifier: the first LENGTH hex digits of HMAC-SHA256(secret, value)."""
-    return hmac.new(secret(), str(value).encode(), hashlib.sha256).hexdigest()[:length]
+    data = str(value).encode("utf-8", "surrogateescape")  # file names that are not UTF-8 keep their bytes
+    return hmac.new(secret(), data, hashlib.sha256).hexdigest()[:length]
 
 
 def pseudonymous_path(relative: str | os.PathLike) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from medseg.io import atomic_path
 
+log = logging.getLogger(__name__)
 RESULTS_FILE = "results.jsonl"
 
 
@@ -60,8 +62,19 @@ def read_results(multirun_dir: str | Path) -> list[dict]:
     path = Path(multirun_dir) / RESULTS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; run a sweep with `python train.py -m ...` first")
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return sorted(records, key=lambda r: r.get("job", 0))
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        try:
+            record = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            record = "broken"
+        if isinstance(record, dict):
+            records.append(record)
+        elif record is not None:  # a job killed while appending its line
+            log.warning("%s:%d: not a result record; left out", path, number)
+    if not records:
+        raise ValueError(f"{path}: no readable result records")
+    return sorted(records, key=lambda r: r.get("job", 0) if isinstance(r.get("job", 0), int) else 0)
 
 
 def sweep_table(records: Sequence[dict]) -> str:

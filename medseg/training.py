@@ -66,6 +66,9 @@ def resume_path(ckpt_path: str | None, allow_remote: bool = False) -> str | None
     if path.is_file():
         return str(path)
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    present = sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt"))
+    if present:  # a typo, not a run killed before its first checkpoint
+        raise FileNotFoundError(f"{path}: checkpoint not found; {run_dir / 'checkpoints'} holds {', '.join(present)}")
     if (run_dir / "config.yaml").is_file():
         log.warning("%s: the run stopped before its first checkpoint; starting it again from the beginning", path)
         return None

@@ -11,7 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
-from pydicom.data import get_testdata_files
+from pydicom.data import get_testdata_file, get_testdata_files
 from pydicom.uid import (
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
@@ -153,6 +153,7 @@ def test_objects_without_pixels_are_skipped_with_a_reason(tmp_path):
     src.mkdir()
     (src / "object.dcm").symlink_to(sr)
     (src / "broken.dcm").write_bytes(b"DICM" * 10)
+    (src / "ct.dcm").symlink_to(get_testdata_file("CT_small.dcm"))  # one image: a conversion of nothing fails
     report = convert(src, tmp_path / "voc")
     assert [s for s, _ in report.skipped] == ["object.dcm"]
     assert [s for s, _ in report.failed] == ["broken.dcm"] and "readable" in report.failed[0][1]

@@ -159,3 +159,29 @@ def test_killed_mid_epoch_resumes_without_repeating_or_skipping(prepared, cache_
     final = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert final["global_step"] == 32
     assert json.loads(json.dumps(final["loops"]["fit_loop"]["epoch_progress"]["current"]))["processed"] == 2
+
+
+def _tampered(prepared: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "tampered"
+    shutil.copytree(prepared, copy)
+    return copy
+
+
+def test_flipped_bytes_in_a_chunk_are_caught_by_its_checksum(prepared, tmp_path):
+    broken = _tampered(prepared, tmp_path)
+    chunk = sorted((broken / "train").glob("*.bin"))[0]
+    data = bytearray(chunk.read_bytes())
+    data[-200:-136] = bytes(b ^ 0xFF for b in data[-200:-136])  # 64 bytes flipped, same size
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=f"{chunk}: chunk content differs .*checksum"):
+        StreamDataModule(str(broken)).setup("fit")
+
+
+def test_edited_counts_in_medseg_json_are_caught(prepared, tmp_path):
+    broken = _tampered(prepared, tmp_path)
+    meta = json.loads((broken / "medseg.json").read_text())
+    meta["splits"]["train"]["items"] = 8
+    meta["splits"]["train"]["patient_items"] = [8]
+    (broken / "medseg.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="items in the chunks; medseg.json records other counts"):
+        StreamDataModule(str(broken)).setup("fit")

@@ -85,7 +85,9 @@ def test_no_written_file_names_the_patient(cache_dir, demo_checkpoint, tmp_path)
     predict(demo_checkpoint, root / "images", tmp_path / "predicted", nifti=True)
     evaluate(demo_checkpoint, root, tmp_path / "evaluated")
     forbidden = (NAME, MRN, PATIENT_FOLDER)
-    written = [p for folder in ("run", "voc", "prepared", "predicted", "evaluated") for p in (tmp_path / folder).rglob("*")]
+    written = [
+        p for folder in ("run", "voc", "prepared", "predicted", "evaluated") for p in (tmp_path / folder).rglob("*")
+    ]
     # a DICOM SEG copies its source's patient module, as DICOM requires to file it with the study
     written = [p for p in written if not p.name.startswith("seg_") or p.suffix != ".dcm"]
     assert any(p.name.startswith("events.out.tfevents") for p in written) and any(p.suffix == ".png" for p in written)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -25,16 +26,29 @@ def load_image_meta(sample: Sample, in_channels: int, window=None) -> tuple[np.n
     if sample.kind == "dicom":
         image, meta = read_slice(sample.image, window, frame=sample.frame)
     else:
-        try:
-            with Image.open(sample.image) as im:
-                image = np.asarray(im.convert("L" if in_channels == 1 else "RGB"), dtype=np.float32) / 255.0
-        except OSError as exc:
-            raise ValueError(f"{sample.image}: cannot read image ({exc})") from exc
+        image = read_image(sample.image, in_channels)
+    if not np.isfinite(image).all():
+        raise ValueError(f"{sample.image}: pixel data hold NaN or infinite values")
     if image.ndim == 2:
         image = image[..., None]
     if image.shape[-1] != in_channels:
         image = np.repeat(image[..., :1], in_channels, axis=-1) if in_channels == 3 else image.mean(-1, keepdims=True)
     return image, meta
+
+
+def read_image(path: Path, in_channels: int) -> np.ndarray:
+    """A PNG/JPEG/TIFF image as float32 in [0, 1] at its full bit depth (16-bit greyscale over 65535)."""
+    try:
+        with Image.open(path) as im:
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit greyscale: convert("L") would clip it
+                return np.clip(np.asarray(im, dtype=np.float32) / 65535.0, 0.0, 1.0)
+            if im.mode == "F":
+                return np.asarray(im, dtype=np.float32)
+            return np.asarray(im.convert("L" if in_channels == 1 else "RGB"), dtype=np.float32) / 255.0
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"{path}: refused, image too large to decode ({exc})") from None
+    except (OSError, SyntaxError) as exc:
+        raise ValueError(f"{path}: cannot read image ({exc})") from exc
 
 
 def load_image(sample: Sample, in_channels: int, window=None) -> np.ndarray:

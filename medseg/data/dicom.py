@@ -43,8 +43,9 @@ class SliceMeta:
 
 def apply_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
     """Map values through the DICOM linear VOI function (PS3.3 C.11.2.1.2) to [0, 1]."""
-    width = max(float(width), 1.0)
-    out = ((values - (center - 0.5)) / (width - 1.0)) + 0.5
+    if float(width) <= 1.0:  # the standard's step function: below the centre 0, above it 1
+        return (values > center - 0.5).astype(np.float32)
+    out = ((values - (center - 0.5)) / (float(width) - 1.0)) + 0.5
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
@@ -93,9 +94,17 @@ def _voi(ds: pydicom.Dataset, values: np.ndarray, frame: int, window, voi_index:
         out = apply_voi(values, ds, index=min(voi_index, len(ds.VOILUTSequence) - 1)).astype(np.float64)
         bits = int(lut.LUTDescriptor[2]) or 16
         return np.clip(out / (2**bits - 1), 0.0, 1.0).astype(np.float32), "VOILUTSequence"
-    lo, hi = np.percentile(values, [0.5, 99.5])
-    center, width = float(lo + hi) / 2.0, float(max(hi - lo, 1.0))
-    return apply_window(values, center, width), (center, width)
+    return auto_window(values)
+
+
+def auto_window(values: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
+    """No window in the file: scale the 0.5-99.5 percentile range to [0, 1]; a constant image is 0 everywhere."""
+    if not np.isfinite(values).all():
+        return values.astype(np.float32), (float("nan"), float("nan"))  # refused by the caller, naming the file
+    lo, hi = (float(v) for v in np.percentile(values, [0.5, 99.5]))
+    if hi <= lo:
+        return np.zeros(values.shape, np.float32), (lo, 0.0)
+    return np.clip((values - lo) / (hi - lo), 0.0, 1.0).astype(np.float32), ((lo + hi) / 2.0, hi - lo)
 
 
 def _colour(ds: pydicom.Dataset, arr: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pydicom
 
-from medseg.data.labels import find_label, label_lookups, masks_by_stem
+from medseg.data.labels import find_label, label_key, label_lookups, masks_by_stem
 from medseg.privacy import register_source
 
 log = logging.getLogger(__name__)
@@ -68,8 +68,9 @@ def index_dicom(root: str | Path, strict: bool = False) -> list[Sample]:
         patient, guessed = patient_key(ds, path)
         fallback += guessed
         frames = int(ds.get("NumberOfFrames", 1) or 1)
+        relative = label_key(path, root)
         for frame in range(frames):
-            mask = find_label(lookups, path, frame, frames, str(ds.get("SOPInstanceUID", "")))
+            mask = find_label(lookups, path, frame, frames, str(ds.get("SOPInstanceUID", "")), relative)
             if mask is not None:
                 samples.append(Sample(path, mask, patient, "dicom", frame))
     if skipped:
@@ -78,7 +79,22 @@ def index_dicom(root: str | Path, strict: bool = False) -> list[Sample]:
         log.warning("%d DICOM files have no PatientID: grouped by StudyInstanceUID for the patient split", fallback)
     if not samples:
         raise FileNotFoundError(f"{root}: no DICOM frames under images/ with a label under masks/")
+    check_unique_pairing(samples)
     return samples
+
+
+def check_unique_pairing(samples: list[Sample]) -> None:
+    """Refuse one PNG label paired with several image files (same file name in different folders)."""
+    owner: dict[tuple[Path, int], Path] = {}
+    for sample in samples:
+        if sample.mask.suffix.lower() != ".png":
+            continue
+        first = owner.setdefault((sample.mask, sample.frame), sample.image)
+        if first != sample.image:
+            raise ValueError(
+                f"{sample.mask}: label of both {first} and {sample.image} by file name; put each label at "
+                "masks/<the image's path below images/>.png"
+            )
 
 
 def index_folder(root: str | Path, patient_regex: str = r"^(.*)$") -> list[Sample]:

@@ -75,7 +75,10 @@ def seg_slice(path: Path, meta: SliceMeta) -> np.ndarray:
 
 def seg_references(path: Path) -> set[str]:
     """SOPInstanceUIDs a DICOM SEG file refers to (empty for other objects)."""
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as exc:  # not DICOM, truncated
+        raise ValueError(f"{path}: not a readable DICOM file among the masks ({type(exc).__name__})") from None
     if ds.get("Modality") != "SEG":
         return set()
     return {
@@ -95,18 +98,46 @@ def masks_by_stem(mask_dir: Path) -> dict[str, Path]:
     return masks
 
 
+def _unique_stems(mask_dir: Path) -> dict[str, Path]:
+    """PNG labels by stem, leaving out stems several labels share (those pair by path only)."""
+    by_stem: dict[str, list[Path]] = {}
+    for path in sorted(mask_dir.rglob("*.png")):
+        by_stem.setdefault(path.stem, []).append(path)
+    return {stem: paths[0] for stem, paths in by_stem.items() if len(paths) == 1}
+
+
 def label_lookups(mask_dir: Path) -> dict[str, dict]:
     """Index a masks folder: PNG by stem, NIfTI by series folder name, DICOM SEG by referenced instance."""
     if not mask_dir.is_dir():
-        return {"png": {}, "nifti": {}, "seg": {}}
+        return {"png": {}, "png_relative": {}, "nifti": {}, "seg": {}}
     return {
-        "png": masks_by_stem(mask_dir),
+        "png": _unique_stems(mask_dir),
+        "png_relative": {
+            p.relative_to(mask_dir).with_suffix("").as_posix(): p for p in sorted(mask_dir.rglob("*.png"))
+        },
         "nifti": {p.name.split(".nii")[0]: p for p in sorted(mask_dir.rglob("*.nii*"))},
-        "seg": {uid: p for p in sorted(mask_dir.rglob("*.dcm")) for uid in seg_references(p)},
+        "seg": {uid: p for p in sorted(mask_dir.rglob("*.dcm")) for uid in seg_references(p) if uid},
     }
 
 
-def find_label(lookups: dict[str, dict], image: Path, frame: int, frames: int, sop_uid: str) -> Path | None:
-    """The label file of one frame: <stem>.png (<stem>_fNNNN.png in multi-frame files), then NIfTI, then SEG."""
-    stem = image.stem if frames == 1 else f"{image.stem}_f{frame:04d}"
-    return lookups["png"].get(stem) or lookups["nifti"].get(image.parent.name) or lookups["seg"].get(sop_uid)
+def label_key(image: Path, root: Path) -> str:
+    """An image's path below ROOT/images (or ROOT) without its suffix: where its PNG label lies under masks/."""
+    base = root / "images" if (root / "images") in image.parents else root
+    return image.relative_to(base).with_suffix("").as_posix()
+
+
+def find_label(
+    lookups: dict[str, dict], image: Path, frame: int, frames: int, sop_uid: str, relative: str = ""
+) -> Path | None:
+    """The label file of one frame: masks/<relative path>.png, else <stem>.png anywhere (<stem>_fNNNN.png for the
+    frames of a multi-frame file), then a NIfTI volume named after the series folder, then a SEG.
+
+    RELATIVE is the image's path below images/ without its suffix.
+    """
+    suffix = "" if frames == 1 else f"_f{frame:04d}"
+    return (
+        lookups["png_relative"].get(f"{relative}{suffix}")
+        or lookups["png"].get(f"{image.stem}{suffix}")
+        or lookups["nifti"].get(image.parent.name)
+        or lookups["seg"].get(sop_uid)
+    )
