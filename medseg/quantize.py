@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,11 +72,17 @@ def validation_batches(checkpoint: str | Path, data_root: str | None = None) -> 
     from medseg.data.stream import StreamDataModule
 
     state = load_checkpoint(checkpoint)
-    hparams = dict(state["datamodule_hyper_parameters"], split_file=None)
+    hparams = dict(state["datamodule_hyper_parameters"])
+    hparams.pop("cache_dir", None)  # a checkpoint names no folder to write to: this machine's defaults
     if data_root:
         hparams["root"] = data_root
     streamed = "layout" not in hparams  # trained with data=stream from a prepared folder
-    datamodule = StreamDataModule(**hparams) if streamed else SegmentationDataModule(**hparams)
+    datamodule: StreamDataModule | SegmentationDataModule
+    if streamed:
+        datamodule = StreamDataModule(**hparams)
+    else:
+        cache = os.environ.get("MEDSEG_CACHE", "~/.cache/medseg")
+        datamodule = SegmentationDataModule(**hparams | {"cache_dir": cache, "split_file": None, "decode_cache": None})
     datamodule.setup("validate")
     return [(b["image"].numpy(), b["mask"].numpy()) for b in datamodule.val_dataloader()]
 
