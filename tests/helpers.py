@@ -66,3 +66,11 @@ class RecordIds(Callback):
 def read_ids(path: Path) -> list[dict]:
     """The records a RecordIds callback wrote."""
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def one_error_line(capsys, prog: str) -> str:
+    """The one line a medseg CLI printed on stderr for a user error (`PROG: error: ...`)."""
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1, err
+    assert err[0].startswith(f"{prog}: error: ")
+    return err[0]

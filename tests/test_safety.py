@@ -24,60 +24,16 @@ from medseg.data.cache import DecodeCache
 from medseg.data.datamodule import SegmentationDataModule
 from medseg.data.index import index_dicom
 from medseg.data.labels import read_png
-from medseg.evaluate import main as eval_main
-from medseg.export import main as export_main
 from medseg.metrics import segmentation_metrics
 from medseg.predict import main as predict_main
 from medseg.predict import predict
 from medseg.prepare import prepare
 from medseg.training import resume_path, train
 
-from .helpers import kill_when, run_train, start_train
+from .helpers import kill_when, one_error_line, run_train, start_train
 from .test_dicom import new_dataset
 
 NAME, MRN = "SMITHERSON", "MRN900001"
-
-
-@pytest.fixture
-def crafted_checkpoint(demo_checkpoint, tmp_path) -> tuple[Path, Path]:
-    """A checkpoint whose hyper-parameters ask Hydra to write a file; and that file's path."""
-    marker = tmp_path / "pwned.txt"
-    state = torch.load(demo_checkpoint, map_location="cpu", weights_only=True)
-    state["hyper_parameters"]["net"]["dropout"] = {
-        "_target_": "pathlib.Path.write_text",
-        "self": {"_target_": "pathlib.Path", "_args_": [str(marker)]},
-        "data": "import os  # runs at every interpreter start",
-    }
-    path = tmp_path / "crafted.ckpt"
-    torch.save(state, path)
-    return path, marker
-
-
-def _one_error_line(capsys, prog: str) -> str:
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(err) == 1, err
-    assert err[0].startswith(f"{prog}: error: ")
-    return err[0]
-
-
-def test_crafted_checkpoint_is_refused_everywhere_and_runs_nothing(
-    crafted_checkpoint, demo_root, make_cfg, tmp_path, capsys
-):
-    path, marker = crafted_checkpoint
-    image = next((demo_root / "images").rglob("*.dcm"))
-    for prog, entry, args in (
-        ("medseg-predict", predict_main, [str(path), str(image), "--out", str(tmp_path / "p")]),
-        ("medseg-export", export_main, [str(path), "--out", str(tmp_path / "m.onnx")]),
-        ("medseg-eval", eval_main, [str(path), str(demo_root), "--out", str(tmp_path / "e")]),
-    ):
-        with pytest.raises(SystemExit) as exit_info:
-            entry(args)
-        assert exit_info.value.code == 2
-        line = _one_error_line(capsys, prog)
-        assert "refused" in line and "pathlib.Path.write_text" in line and str(path) in line
-    with pytest.raises(UnsafeCheckpoint, match="refused"):
-        train(make_cfg([f"init_from={path}", "trainer.fast_dev_run=true", "data.image_size=64"]))
-    assert not marker.exists() and not (tmp_path / "m.onnx").exists()
 
 
 def test_allow_list_takes_optimizers_and_schedulers_by_type_only():
@@ -104,7 +60,7 @@ def test_garbage_checkpoint_and_onnx_give_one_line(tmp_path, demo_root, capsys):
         with pytest.raises(SystemExit) as exit_info:
             predict_main([str(bad), str(demo_root / "images"), "--out", str(tmp_path / "out")])
         assert exit_info.value.code == 2
-        assert str(bad) in _one_error_line(capsys, "medseg-predict")
+        assert str(bad) in one_error_line(capsys, "medseg-predict")
 
 
 def _identified_tree(root: Path, empty_ids: bool = False) -> None:

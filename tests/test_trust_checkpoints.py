@@ -15,6 +15,8 @@ from medseg.predict import main as predict_main
 from medseg.registry import build, matches
 from medseg.training import train
 
+from .helpers import one_error_line
+
 
 class _WritesMarker:
     """A pickle that writes a file when it is unpickled (what `torch.load(weights_only=False)` would run)."""
@@ -43,33 +45,35 @@ def _nested_load_payload(pickle_path: Path) -> str:
 
 
 @pytest.fixture
-def payload_checkpoints(demo_checkpoint, tmp_path) -> tuple[list[Path], list[Path]]:
-    """Two checkpoints carrying the payloads in hyper_parameters.net.dropout; the markers they would write."""
-    markers = [tmp_path / "written.txt", tmp_path / "unpickled.txt"]
+def payload_checkpoints(demo_checkpoint, tmp_path) -> tuple[list[tuple[Path, str]], list[Path]]:
+    """Checkpoints carrying a payload in hyper_parameters.net.dropout with the refusal each must get; the
+    marker files the payloads would write."""
+    markers = [tmp_path / "written.txt", tmp_path / "unpickled.txt", tmp_path / "instantiated.txt"]
     pickle_path = tmp_path / "payload.pkl"
     pickle_path.write_bytes(pickle.dumps(_WritesMarker(markers[1])))
-    paths = []
-    for name, payload in (("write", _write_text_payload(markers[0])), ("load", _nested_load_payload(pickle_path))):
+    nested = {
+        "_target_": "pathlib.Path.write_text",
+        "self": {"_target_": "pathlib.Path", "_args_": [str(markers[2])]},
+        "data": "import os  # runs at every interpreter start",
+    }
+    payloads = (
+        ("write", _write_text_payload(markers[0]), "interpolation"),
+        ("load", _nested_load_payload(pickle_path), "interpolation"),
+        ("nested", nested, "names 'pathlib.Path.write_text', which is not a medseg network"),
+    )
+    checkpoints = []
+    for name, payload, refusal in payloads:
         state = torch.load(demo_checkpoint, map_location="cpu", weights_only=True)
         state["hyper_parameters"]["net"]["dropout"] = payload
-        paths.append(tmp_path / f"{name}.ckpt")
-        torch.save(state, paths[-1])
-    return paths, markers
+        torch.save(state, tmp_path / f"{name}.ckpt")
+        checkpoints.append((tmp_path / f"{name}.ckpt", refusal))
+    return checkpoints, markers
 
 
-def _one_error_line(capsys, prog: str) -> str:
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(err) == 1, err
-    assert err[0].startswith(f"{prog}: error: ")
-    return err[0]
-
-
-def test_interpolation_payloads_are_refused_by_every_door_and_run_nothing(
-    payload_checkpoints, demo_root, make_cfg, tmp_path, capsys
-):
-    paths, markers = payload_checkpoints
+def test_payloads_are_refused_by_every_door_and_run_nothing(payload_checkpoints, demo_root, make_cfg, tmp_path, capsys):
+    checkpoints, markers = payload_checkpoints
     image = next((demo_root / "images").rglob("*.dcm"))
-    for path in paths:
+    for path, refusal in checkpoints:
         for prog, entry, args in (
             ("medseg-predict", predict_main, [str(path), str(image), "--out", str(tmp_path / "p")]),
             ("medseg-export", export_main, [str(path), "--out", str(tmp_path / "m.onnx")]),
@@ -78,11 +82,11 @@ def test_interpolation_payloads_are_refused_by_every_door_and_run_nothing(
             with pytest.raises(SystemExit) as exit_info:
                 entry(args)
             assert exit_info.value.code == 2
-            line = _one_error_line(capsys, prog)
-            assert str(path) in line and "interpolation" in line and "hyper_parameters.net.dropout" in line
+            line = one_error_line(capsys, prog)
+            assert str(path) in line and refusal in line and "hyper_parameters.net.dropout" in line, line
         for key in ("init_from", "ckpt_path"):
             cfg = make_cfg([f"{key}={path}", "trainer.fast_dev_run=true", "data.image_size=64"])
-            with pytest.raises(UnsafeCheckpoint, match="interpolation"):
+            with pytest.raises(UnsafeCheckpoint, match="refused"):
                 train(cfg)
     assert not any(m.exists() for m in markers)
     assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "p").exists()
@@ -103,7 +107,7 @@ def test_a_bad_value_or_a_weights_path_in_a_checkpoint_ends_in_one_line(demo_che
         torch.save(state, path)
         with pytest.raises(SystemExit):
             predict_main([str(path), str(image), "--out", str(tmp_path / name)])
-        line = _one_error_line(capsys, "medseg-predict")
+        line = one_error_line(capsys, "medseg-predict")
         assert str(path) in line and expected in line, line
     # a weights_path in a checkpoint is never read: the state dict holds every weight
     state = torch.load(demo_checkpoint, map_location="cpu", weights_only=True)
