@@ -5,9 +5,9 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from medseg.cli import run_cli
 from medseg.config import quote_numeric_options
-from medseg.training import train
+from medseg.training.pipeline import train
+from medseg.utils.cli import run_cli
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

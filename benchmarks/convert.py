@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from medseg.convert import convert
+from medseg.data.convert import convert
 from medseg.data.synthetic import generate
 
 

@@ -29,8 +29,8 @@ from omegaconf import OmegaConf, open_dict
 
 from medseg.config import compose_config
 from medseg.models.encoder import BACKBONES
-from medseg.registry import register
-from medseg.training import train
+from medseg.training.pipeline import train
+from medseg.utils.registry import register
 
 REPO = Path(__file__).resolve().parent.parent
 CXR = REPO.parent / "shared" / "data" / "cxr_lung"
@@ -81,7 +81,7 @@ def configure(model: str, out: Path, experiment: str = "cxr_lung_scratch", seed:
 def epoch_seconds(cfg, stages: int = 1) -> list[float]:
     """Estimated seconds per epoch of each of the first STAGES stages (training steps at the stage's image
     size + validation) from timed steps; the data are decoded once for all of them."""
-    from medseg.callbacks import ProgressiveSchedule
+    from medseg.training.callbacks import ProgressiveSchedule
 
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.setup("fit")
@@ -135,9 +135,9 @@ def split_scores(cfg, best: Path, tta: list[str], split: str = "test") -> dict[s
     import numpy as np
     from torchmetrics import MetricCollection
 
-    from medseg.evaluate import case_scores
+    from medseg.deploy.averaging import tta_logits
+    from medseg.evaluation.evaluate import case_scores
     from medseg.metrics import segmentation_metrics, update_ignoring
-    from medseg.models.averaging import tta_logits
     from medseg.postprocess import keep_largest
 
     datamodule = instantiate(cfg.data, _convert_="all")

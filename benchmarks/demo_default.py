@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from medseg.data.synthetic import ensure_demo_dataset
-from medseg.report import val_curve
+from medseg.evaluation.report import val_curve
 
 REPO = Path(__file__).resolve().parent.parent
 VARIANTS = [

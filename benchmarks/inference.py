@@ -18,11 +18,12 @@ import numpy as np
 import torch
 
 from medseg.data.datamodule import SegmentationDataModule
-from medseg.export import export_net
-from medseg.inference import ModelInfo, Predictor
+from medseg.deploy.export import export_net
+from medseg.deploy.info import ModelInfo
+from medseg.deploy.predictor import Predictor
+from medseg.deploy.quantize import quantize_onnx
 from medseg.models import PSPNet
 from medseg.models.encoder import BACKBONES
-from medseg.quantize import quantize_onnx
 
 
 def median_ms(fn, x, repeats: int) -> float:

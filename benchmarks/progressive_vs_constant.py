@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from medseg.config import compose_config
-from medseg.training import train
+from medseg.training.pipeline import train
 
 REPO = Path(__file__).resolve().parent.parent
 CXR = REPO.parent / "shared" / "data" / "cxr_lung"

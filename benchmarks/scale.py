@@ -60,7 +60,7 @@ def prepare_seconds(root: Path, out: Path, workers: int) -> float:
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-m", "medseg.prepare", str(root), str(out), "--workers", str(workers), *DATA, REGEX],
+        [sys.executable, "-m", "medseg.data.prepare", str(root), str(out), "--workers", str(workers), *DATA, REGEX],
         check=True,
         capture_output=True,
     )

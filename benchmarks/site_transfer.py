@@ -23,7 +23,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 
 from medseg.config import compose_config
-from medseg.training import load_weights, train
+from medseg.training.pipeline import load_weights, train
 
 REPO = Path(__file__).resolve().parent.parent
 CXR = REPO.parent / "shared" / "data" / "cxr_lung"

@@ -86,7 +86,7 @@ def demo_checkpoint(cache_dir, tmp_path_factory) -> Path:
         ],
         out,
     )
-    from medseg.training import train
+    from medseg.training.pipeline import train
 
     train(cfg)
     return out / "checkpoints" / "best.ckpt"

@@ -20,15 +20,15 @@ from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage
 
 from medseg.config import validate_config
-from medseg.convert import main as convert_main
+from medseg.data.convert import main as convert_main
 from medseg.data.datamodule import SegmentationDataModule
-from medseg.data.dataset import load_image
+from medseg.data.decode import load_image
 from medseg.data.dicom import apply_window, read_slice
 from medseg.data.index import Sample, index_dicom
-from medseg.predict import main as predict_main
-from medseg.predict import predict
-from medseg.report import read_results
-from medseg.training import resume_path, train
+from medseg.deploy.predict import main as predict_main
+from medseg.deploy.predict import predict
+from medseg.evaluation.results import read_results
+from medseg.training.pipeline import resume_path, train
 
 from .test_dicom import new_dataset, write_ct
 

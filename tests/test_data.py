@@ -12,7 +12,7 @@ from medseg.data.augment import build_augmentation
 from medseg.data.datamodule import SegmentationDataModule
 from medseg.data.index import index_dicom, index_folder
 from medseg.data.split import fold_split, split_patients, subset_patients
-from medseg.privacy import pseudonym
+from medseg.utils.privacy import pseudonym
 
 from .conftest import CXR_LUNG, requires_cxr_lung
 

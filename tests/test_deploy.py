@@ -11,13 +11,15 @@ import pydicom
 import pytest
 from PIL import Image
 
-from medseg.export import check_parity, export_net
-from medseg.export import main as export_main
-from medseg.inference import ModelInfo, Predictor
+from medseg.deploy.export import check_parity, export_net
+from medseg.deploy.export import main as export_main
+from medseg.deploy.info import ModelInfo
+from medseg.deploy.predict import predict
+from medseg.deploy.predictor import Predictor
+from medseg.deploy.quantize import quantize_checkpoint_model
+from medseg.deploy.views import resolve_tta
 from medseg.models import PSPNet
 from medseg.models.encoder import BACKBONES
-from medseg.predict import predict
-from medseg.quantize import quantize_checkpoint_model
 
 
 @pytest.mark.slow  # the fast tier exports mobilenetv3 through the CLI (demo_onnx), parity-checked at three sizes
@@ -51,12 +53,13 @@ def test_export_cli_writes_metadata(demo_onnx):
     assert _has_dynamic_batch_height_width(demo_onnx)
 
 
-def test_flips_missing_from_the_graph_run_around_it(demo_checkpoint, demo_onnx):
-    added = Predictor(demo_onnx, tta=["hflip"])
-    assert added.extra_tta == ["hflip"]  # the graph holds no flips: the predictor runs them around it
-    batch = np.random.default_rng(0).random((1, 1, 80, 72), dtype=np.float32)
-    expected = Predictor(demo_checkpoint, tta=["hflip"]).logits(batch)  # PyTorch
-    np.testing.assert_allclose(added.logits(batch), expected, atol=1e-4)
+def test_views_other_than_the_graphs_are_refused_in_one_line(demo_onnx):
+    assert Predictor(demo_onnx).info.tta == [] and Predictor(demo_onnx, tta=[]).info.tta == []
+    with pytest.raises(ValueError, match=r"averages no test-time views, not \['hflip'\]; export it again"):
+        Predictor(demo_onnx, tta=["hflip"])
+    assert resolve_tta(["hflip"], None) == ["hflip"] and resolve_tta(["hflip"], []) == []  # checkpoints: any
+    with pytest.raises(ValueError, match=r"averages \['hflip'\] test-time views, not none"):
+        resolve_tta(["hflip"], [], baked=["hflip"])
 
 
 def _is_quantized_conv(model: onnx.ModelProto) -> bool:

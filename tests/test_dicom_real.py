@@ -19,10 +19,10 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
 )
 
-from medseg.convert import convert
+from medseg.data.convert import convert
 from medseg.data.dicom import NoPixelData, read_frames, read_slice
 from medseg.data.labels import nifti_slice
-from medseg.privacy import pseudonymous_path
+from medseg.utils.privacy import pseudonymous_path
 
 from .test_dicom import new_dataset, write_ct
 
@@ -235,7 +235,7 @@ def test_dicom_seg_labels_are_read_per_instance(demo_root, tmp_path):
     import shutil
 
     from medseg.data.datamodule import SegmentationDataModule
-    from medseg.predict import write_seg
+    from medseg.deploy.predict import write_seg
 
     root = tmp_path / "study"
     shutil.copytree(demo_root / "images" / "case02", root / "images" / "case02")

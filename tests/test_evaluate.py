@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from monai.metrics import compute_hausdorff_distance
 from torchmetrics.functional.segmentation import dice_score
 
-from medseg.evaluate import case_scores, main
+from medseg.evaluation.evaluate import case_scores, main
 
 
 def test_scores_match_hand_values_torchmetrics_and_monai():

@@ -46,3 +46,38 @@ def test_no_import_cycles():
     for module in sorted(graph):
         if module not in state:
             visit(module, [])
+
+
+STAGES = ("models", "data", "training", "deploy", "evaluation")
+# stage -> stages it may not import (directly; a cycle test above covers the indirect paths)
+FORBIDDEN = {
+    "leaf": set(STAGES) | {"config"},
+    "models": {"data", "training", "deploy", "evaluation", "config"},
+    "data": {"models", "training", "deploy", "evaluation", "config"},
+    "deploy": {"training", "config"},
+    "evaluation": {"training", "config"},
+    "training": set(),
+}
+
+
+def stage_of(module: str) -> str:
+    """The pipeline stage of a medseg module: one of STAGES, 'config', or 'leaf' (losses, metrics, utils, ...)."""
+    parts = module.split(".")
+    if len(parts) > 1 and parts[1] in (*STAGES, "config"):
+        return parts[1]
+    return "leaf"
+
+
+def test_arrows_point_from_later_stages_to_earlier_ones():
+    arrows = {
+        f"{module} -> {target}"
+        for module, targets in import_graph().items()
+        for target in targets
+        if stage_of(target) in FORBIDDEN.get(stage_of(module), set())
+    }
+    assert not arrows, sorted(arrows)
+
+
+def test_the_top_level_holds_at_most_six_modules():
+    modules = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(modules) <= 6, modules

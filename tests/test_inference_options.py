@@ -7,11 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medseg.evaluate import evaluate
-from medseg.export import export_checkpoint
-from medseg.inference import Predictor
+from medseg.deploy.averaging import Ensemble, TestTimeAugmented, tta_logits
+from medseg.deploy.export import export_checkpoint
+from medseg.deploy.predictor import Predictor
+from medseg.deploy.views import check_tta
+from medseg.evaluation.evaluate import evaluate
 from medseg.models import PSPNet
-from medseg.models.averaging import Ensemble, TestTimeAugmented, check_tta, tta_logits
 from medseg.models.encoder import BACKBONES
 from medseg.postprocess import class_indices, keep_largest
 
@@ -118,7 +119,7 @@ def test_ensemble_and_tta_through_the_predictor_and_eval(demo_checkpoint, demo_r
 
 @pytest.mark.slow  # one export of a 2-member graph with a flip and a scale: six copies of the network
 def test_ensemble_with_tta_exports_to_one_onnx_graph(make_cfg, tmp_path):
-    from medseg.training import train
+    from medseg.training.pipeline import train
 
     overrides = ["debug=tiny", "model.net.encoder_depth=2", "stage.stages.0.epochs=1", "trainer.limit_train_batches=2"]
     train(make_cfg([*overrides, "test=false"]))
@@ -127,7 +128,7 @@ def test_ensemble_with_tta_exports_to_one_onnx_graph(make_cfg, tmp_path):
     onnx_pair, errors = export_checkpoint([checkpoint, checkpoint], tmp_path / "pair.onnx", tta=views)
     assert max(errors) <= 1e-4  # parity with the PyTorch ensemble at three sizes
     ort = Predictor(onnx_pair)
-    assert ort.info.members == 2 and ort.info.tta == views and ort.extra_tta == []
+    assert ort.info.members == 2 and ort.info.tta == views
     batch = np.random.default_rng(0).random((1, 1, 80, 72), dtype=np.float32)
     flipped = Predictor(checkpoint, tta=views)  # PyTorch, one member
     probabilities = [torch.from_numpy(p.logits(batch)).softmax(1) for p in (ort, flipped)]
@@ -136,9 +137,9 @@ def test_ensemble_with_tta_exports_to_one_onnx_graph(make_cfg, tmp_path):
 
 @pytest.mark.slow  # a 2-epoch training run and its test
 def test_ema_weights_are_what_the_best_checkpoint_holds(make_cfg, tmp_path, monkeypatch):
-    from medseg.checkpoint import load_checkpoint
-    from medseg.module import SegmentationModule
-    from medseg.training import train
+    from medseg.training.module import SegmentationModule
+    from medseg.training.pipeline import train
+    from medseg.utils.checkpoint import load_checkpoint
 
     name = "net.segmentation_head.weight"
     tested = []  # the weights the test after fitting runs on
@@ -156,7 +157,7 @@ def test_ema_decay_warms_up_to_its_cap_and_copies_batch_counters():
 
     from torch.optim.swa_utils import AveragedModel
 
-    from medseg.callbacks.ema import WarmupEMA
+    from medseg.training.callbacks.ema import WarmupEMA
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2))

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from medseg.models import PSPNet
 from medseg.models.encoder import BACKBONES, Encoder
 from medseg.models.pyramid_pooling import adaptive_avg_pool2d
-from medseg.module import SegmentationModule
+from medseg.training.module import SegmentationModule
 
 ALL = list(BACKBONES)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from medseg.callbacks.epoch_log import remaining_seconds
-from medseg.training import train
+from medseg.training.callbacks.epoch_log import remaining_seconds
+from medseg.training.pipeline import train
 
 from .helpers import kill_when, run_train, start_train
 from .test_train import read_events
@@ -157,7 +157,7 @@ def test_low_resolution_stage_trains_on_smaller_images_and_validates_at_full_siz
 
     from hydra.utils import instantiate
 
-    from medseg.callbacks import ProgressiveSchedule
+    from medseg.training.callbacks import ProgressiveSchedule
 
     stages = ["stage.stages.0.epochs=1", "+stage.stages.0.image_size=32", "stage.stages.1.epochs=1"]
     cfg = make_cfg(["stage=progressive", *stages, "stage.stages.2.epochs=0", *FAST, "trainer.limit_train_batches=2"])

@@ -17,18 +17,18 @@ from omegaconf import OmegaConf
 from PIL import Image
 from pydicom.uid import CTImageStorage, generate_uid
 
-from medseg.checkpoint import UnsafeCheckpoint, allowed_target, load_checkpoint
 from medseg.config import CONFIG_DIR
-from medseg.convert import convert
 from medseg.data.cache import DecodeCache
+from medseg.data.convert import convert
 from medseg.data.datamodule import SegmentationDataModule
 from medseg.data.index import index_dicom
 from medseg.data.labels import read_png
+from medseg.data.prepare import prepare
+from medseg.deploy.predict import main as predict_main
+from medseg.deploy.predict import predict
 from medseg.metrics import segmentation_metrics
-from medseg.predict import main as predict_main
-from medseg.predict import predict
-from medseg.prepare import prepare
-from medseg.training import resume_path, train
+from medseg.training.pipeline import resume_path, train
+from medseg.utils.checkpoint import UnsafeCheckpoint, allowed_target, load_checkpoint
 
 from .helpers import kill_when, one_error_line, run_train, start_train
 from .test_dicom import new_dataset
@@ -41,7 +41,7 @@ def test_allow_list_takes_optimizers_and_schedulers_by_type_only():
     assert allowed_target("medseg.schedulers.WarmupCosineLR")  # medseg's own schedule, as torch's
     for name in ("medseg.schedulers.math", "medseg.schedulers.Optimizer", "torch.optim.lr_scheduler._LRScheduler"):
         assert not allowed_target(name), name  # a module, a class of another kind, a private name
-    assert not allowed_target("os.system") and not allowed_target("medseg.checkpoint.load_checkpoint")
+    assert not allowed_target("os.system") and not allowed_target("medseg.utils.checkpoint.load_checkpoint")
 
 
 def test_remote_checkpoints_are_refused_before_any_request(make_cfg):

@@ -16,10 +16,10 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from medseg.config import CONFIG_DIR
-from medseg.inference import load_checkpoint_module
-from medseg.report import fold_table
-from medseg.report import main as report_main
-from medseg.training import train
+from medseg.evaluation.report import fold_table
+from medseg.evaluation.report import main as report_main
+from medseg.training.module import module_from_checkpoint
+from medseg.training.pipeline import train
 
 from .helpers import kill_when, run_train, start_train
 
@@ -105,7 +105,7 @@ def test_ddp_sim_logs_the_global_metric(make_cfg, tmp_path):
     cfg = make_cfg(["trainer=ddp_sim", "stage.stages.0.epochs=1", "test=false", *TINY], tmp_path / "ddp")
     metric, _ = train(cfg)
     best = tmp_path / "ddp" / "checkpoints" / "best.ckpt"
-    module, _ = load_checkpoint_module(best)
+    module = module_from_checkpoint(best)
     datamodule = instantiate(cfg.data, _convert_="all")
     single = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
     (result,) = single.validate(module, datamodule=datamodule)

@@ -12,11 +12,11 @@ import torch
 from omegaconf import open_dict
 
 from medseg.data.datamodule import SegmentationDataModule
+from medseg.data.prepare import prepare
 from medseg.data.prepared import read_metadata
 from medseg.data.stream import StreamDataModule
-from medseg.prepare import prepare
-from medseg.privacy import pseudonym
-from medseg.training import train
+from medseg.training.pipeline import train
+from medseg.utils.privacy import pseudonym
 
 from .helpers import kill_when, read_ids, run_train, start_train
 

@@ -8,8 +8,8 @@ import pytest
 from omegaconf import open_dict
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from medseg.tracking import key_hyperparameters
-from medseg.training import train
+from medseg.training.pipeline import train
+from medseg.training.tracking import key_hyperparameters
 
 from .helpers import run_train
 from .test_train import read_events

@@ -14,10 +14,10 @@ from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from medseg.config import validate_config
-from medseg.models.averaging import check_tta
+from medseg.deploy.views import check_tta
 from medseg.models.encoder import BACKBONES
 from medseg.postprocess import class_indices
-from medseg.training import train
+from medseg.training.pipeline import train
 
 from .conftest import CXR_LUNG, requires_cxr_lung
 from .helpers import REPO

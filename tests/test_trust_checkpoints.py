@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from medseg.checkpoint import UnsafeCheckpoint
-from medseg.evaluate import main as eval_main
-from medseg.export import main as export_main
-from medseg.predict import main as predict_main
-from medseg.registry import build, matches
-from medseg.training import train
+from medseg.deploy.export import main as export_main
+from medseg.deploy.predict import main as predict_main
+from medseg.evaluation.evaluate import main as eval_main
+from medseg.training.pipeline import train
+from medseg.utils.checkpoint import UnsafeCheckpoint
+from medseg.utils.registry import build, matches
 
 from .helpers import one_error_line
 

@@ -15,13 +15,13 @@ from PIL import Image
 from pydicom.uid import BasicTextSRStorage
 
 from medseg.config import CONFIG_DIR
-from medseg.convert import convert
-from medseg.evaluate import evaluate
-from medseg.predict import predict
-from medseg.prepare import prepare
-from medseg.privacy import PseudonymousFormatter, lookup, output_name, register_source
-from medseg.privacy import main as lookup_main
-from medseg.training import train
+from medseg.data.convert import convert
+from medseg.data.prepare import prepare
+from medseg.deploy.predict import predict
+from medseg.evaluation.evaluate import evaluate
+from medseg.training.pipeline import train
+from medseg.utils.privacy import PseudonymousFormatter, lookup, output_name, register_source
+from medseg.utils.privacy import main as lookup_main
 
 from .test_dicom import new_dataset
 from .test_safety import MRN, NAME, _identified_tree

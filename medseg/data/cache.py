@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.data.index import Sample
-from medseg.io import atomic_path
+from medseg.utils.io import atomic_path
 
 log = logging.getLogger(__name__)
 

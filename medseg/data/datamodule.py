@@ -16,20 +16,14 @@ from torch.utils.data import DataLoader
 
 from medseg.data.augment import build_augmentation, size_pair
 from medseg.data.cache import DecodeCache
-from medseg.data.dataset import (
-    MaskValueError,
-    SliceDataset,
-    fit_to_size,
-    load_image_meta,
-    load_mask,
-    seed_worker_augmentation,
-)
+from medseg.data.dataset import SliceDataset, seed_worker_augmentation
+from medseg.data.decode import MaskValueError, fit_to_size, load_image_meta, load_mask
 from medseg.data.index import Sample, index_dicom, index_folder
 from medseg.data.split import fold_split, split_patients, subset_patients
 from medseg.data.synthetic import CLASS_NAMES as DEMO_CLASSES
 from medseg.data.synthetic import ensure_demo_dataset
-from medseg.io import atomic_path
-from medseg.privacy import pseudonym, pseudonymous_path
+from medseg.utils.io import atomic_path
+from medseg.utils.privacy import pseudonym, pseudonymous_path
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pydicom
 
 from medseg.data.labels import find_label, label_key, label_lookups, masks_by_stem
-from medseg.privacy import register_source
+from medseg.utils.privacy import register_source
 
 log = logging.getLogger(__name__)
 

@@ -25,13 +25,13 @@ import torch.nn.functional as F
 from PIL import Image
 from torchmetrics.functional.segmentation import dice_score, mean_iou
 
-from medseg.cli import add_inference_options, inference_options, progress, run_cli
-from medseg.data.dataset import load_image_meta, load_mask
+from medseg.data.decode import load_image_meta, load_mask
 from medseg.data.index import Sample, index_dicom, index_folder
-from medseg.inference import Predictor
-from medseg.io import atomic_path
-from medseg.privacy import output_name, pseudonym, pseudonymous_path
-from medseg.visualize import overlay_grid
+from medseg.deploy.predictor import Predictor
+from medseg.utils.cli import add_inference_options, inference_options, progress, run_cli
+from medseg.utils.io import atomic_path
+from medseg.utils.privacy import output_name, pseudonym, pseudonymous_path
+from medseg.utils.visualize import overlay_grid, to_uint8
 
 
 def case_scores(pred: np.ndarray, target: np.ndarray, num_classes: int, spacing=None) -> dict[str, np.ndarray]:
@@ -126,14 +126,9 @@ def evaluate(
             )
     _write_csv(out / "summary.csv", summary)
     for score, name, image, target, pred in sorted(cases, key=lambda c: c[0])[:worst]:
-        grid = overlay_grid(
-            torch.from_numpy(image.transpose(2, 0, 1))[None],
-            torch.from_numpy(target.astype(np.int64))[None],
-            torch.from_numpy(pred.astype(np.int64))[None],
-            len(classes),
-        )
+        grid = overlay_grid(image.transpose(2, 0, 1)[None], target[None], pred[None])
         with atomic_path(out / "worst" / f"{score:.3f}_{name}.png") as tmp:
-            Image.fromarray((grid.numpy().transpose(1, 2, 0) * 255).round().astype(np.uint8)).save(tmp, format="PNG")
+            Image.fromarray(to_uint8(grid)).save(tmp, format="PNG")
     return rows
 
 

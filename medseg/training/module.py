@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -10,13 +11,15 @@ import torch
 from omegaconf import OmegaConf
 from torchmetrics import MetricCollection
 
+from medseg.deploy.averaging import tta_logits
+from medseg.deploy.views import check_tta
 from medseg.losses import inverse_frequency_weights, set_class_weights
 from medseg.metrics import segmentation_metrics, update_ignoring
 from medseg.models import PARTS
-from medseg.models.averaging import check_tta, tta_logits
 from medseg.postprocess import class_indices, keep_largest
-from medseg.registry import build
-from medseg.visualize import overlay_grid
+from medseg.utils.checkpoint import load_checkpoint
+from medseg.utils.registry import build, check_arguments
+from medseg.utils.visualize import overlay_grid
 
 
 def _plain(cfg):
@@ -25,7 +28,7 @@ def _plain(cfg):
 
 
 class SegmentationModule(L.LightningModule):
-    """Trains and evaluates a segmentation network built from its config through `medseg.registry`.
+    """Trains and evaluates a segmentation network built from its config through `medseg.utils.registry`.
 
     Args:
         net: the network's config (`_target_` medseg.models.PSPNet and its arguments).
@@ -157,7 +160,8 @@ class SegmentationModule(L.LightningModule):
         experiment = getattr(self.logger, "experiment", None)
         if experiment is None or not hasattr(experiment, "add_image"):
             return
-        grid = overlay_grid(batch["image"][:4], batch["mask"][:4], pred[:4], len(self.class_names))
+        images, masks, preds = (t[:4].detach().float().cpu().numpy() for t in (batch["image"], batch["mask"], pred))
+        grid = overlay_grid(images, masks, preds)
         experiment.add_image("val/prediction", grid, self.global_step)
 
     def configure_optimizers(self):
@@ -167,3 +171,16 @@ class SegmentationModule(L.LightningModule):
             return optimizer
         scheduler = build(self.hparams.scheduler, "scheduler")(optimizer=optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+def module_from_checkpoint(path: str | Path) -> SegmentationModule:
+    """The SegmentationModule of a checkpoint (weights-only load, hyper-parameters checked), in eval mode."""
+    checkpoint = load_checkpoint(path)
+    try:
+        check_arguments(SegmentationModule, checkpoint["hyper_parameters"], "hyper_parameters")
+        module = SegmentationModule(**checkpoint["hyper_parameters"])
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    module.load_state_dict(checkpoint["state_dict"])
+    module.on_load_checkpoint(checkpoint)
+    return module.eval()

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from medseg.io import atomic_path
-from medseg.registry import UnsafeSpec, check_plain, lookup
+from medseg.utils.io import atomic_path
+from medseg.utils.registry import UnsafeSpec, check_plain, lookup
 
 
 class UnsafeCheckpoint(ValueError):
@@ -24,7 +24,7 @@ def is_url(path: str | os.PathLike) -> bool:
 
 
 def allowed_target(name: str) -> bool:
-    """True for the names `medseg.registry` builds: this package's networks and losses, optimizers and LR
+    """True for the names `medseg.utils.registry` builds: this package's networks and losses, optimizers and LR
     schedulers of torch and medseg.schedulers (looked up, never called)."""
     return lookup(name) is not None
 

@@ -56,11 +56,6 @@ class Stage:
         return parts
 
 
-def total_epochs(stages: Sequence[Mapping]) -> int:
-    """Sum of the stages' epochs (the trainer's max_epochs)."""
-    return int(sum(int(s["epochs"]) for s in stages))
-
-
 class ProgressiveSchedule(Callback):
     """Runs the stages in order within one fit, switching settings at stage boundaries."""
 

@@ -11,15 +11,14 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from medseg.callbacks.progressive import Stage
-from medseg.checkpoint import SafeCheckpointIO, UnsafeCheckpoint, is_url, load_checkpoint
-from medseg.cli import USER_ERRORS
 from medseg.config import validate_config  # also registers the resolvers
-from medseg.data.augment import size_pair
-from medseg.io import atomic_path
 from medseg.models import PARTS
-from medseg.report import RESULTS_FILE, append_result, count_params_flops
-from medseg.tracking import log_run_summary
+from medseg.training.callbacks.progressive import Stage
+from medseg.training.sweep import record_sweep_result
+from medseg.training.tracking import log_run_summary
+from medseg.utils.checkpoint import SafeCheckpointIO, UnsafeCheckpoint, is_url, load_checkpoint
+from medseg.utils.cli import USER_ERRORS
+from medseg.utils.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -79,33 +78,6 @@ def save_config(cfg: DictConfig, path: str | Path) -> None:
     """Write the fully resolved config as YAML, atomically."""
     with atomic_path(path) as tmp:
         OmegaConf.save(cfg, tmp, resolve=True)
-
-
-def record_sweep_result(cfg: DictConfig, model: L.LightningModule, trainer: L.Trainer, metrics: dict) -> None:
-    """In a Hydra multirun, append this job's summary to the sweep folder's results file (rank 0 only)."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN or trainer.global_rank != 0:
-        return
-    size = size_pair(cfg.data.image_size)
-    params, gflops = count_params_flops(model.net, cfg.data.in_channels, size)  # type: ignore[arg-type]
-    images = trainer.global_step * cfg.data.batch_size
-    append_result(
-        Path(HydraConfig.get().sweep.dir) / RESULTS_FILE,
-        dict(
-            job=HydraConfig.get().job.num,
-            overrides=list(HydraConfig.get().overrides.task),
-            backbone=cfg.model.net.encoder_name,
-            params=params,
-            gflops=gflops,
-            val_dice=metrics.get("best/val/dice_mean", metrics.get("val/dice_mean")),
-            test_dice=metrics.get("test/dice_mean"),
-            train_time_s=metrics["train_time_s"],
-            images_per_s=images / max(metrics["train_time_s"], 1e-9),
-            run_dir=str(cfg.paths.output_dir),
-        ),
-    )
 
 
 def route_library_logs() -> None:

@@ -14,10 +14,10 @@ import torch
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from medseg.checkpoint import load_checkpoint
-from medseg.inference import Predictor
-from medseg.io import atomic_path
+from medseg.deploy.predictor import Predictor
 from medseg.metrics import segmentation_metrics, update_ignoring
+from medseg.utils.checkpoint import load_checkpoint
+from medseg.utils.io import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -29,15 +29,15 @@ from typing import Any
 import numpy as np
 import yaml
 
-from medseg.cli import run_cli
-from medseg.config import data_checks, run_checks
+from medseg.data.checks import data_checks, run_checks
 from medseg.data.datamodule import SegmentationDataModule
-from medseg.data.dataset import MaskValueError
+from medseg.data.decode import MaskValueError
 from medseg.data.index import Sample
 from medseg.data.prepared import FORMAT_VERSION, METADATA, SPLITS, file_sha256, read_metadata, verify_chunks
 from medseg.data.split import subset_patients
-from medseg.io import atomic_path
-from medseg.privacy import pseudonym, pseudonymous_path
+from medseg.utils.cli import run_cli
+from medseg.utils.io import atomic_path
+from medseg.utils.privacy import pseudonym, pseudonymous_path
 
 log = logging.getLogger(__name__)
 SETTINGS = (

@@ -6,7 +6,7 @@ SRC is any folder of DICOM files; labels are taken from SRC/masks when it follow
 layout (per-slice PNG by stem, a NIfTI volume per series folder, or DICOM SEG). DST receives
 JPEGImages/ (lossless PNG unless --jpeg), SegmentationClass/ (palette PNG), ImageSets/Segmentation/
 {train,val,test}.txt split by patient, and manifest.csv. Names, the manifest and logs carry only keyed
-pseudonyms (medseg.privacy) of patient, series and source path. SRC is never written to; every output
+pseudonyms (medseg.utils.privacy) of patient, series and source path. SRC is never written to; every output
 is written atomically; a rerun skips a file whose source and label content and outputs are unchanged.
 """
 
@@ -29,15 +29,15 @@ import pydicom
 from PIL import Image
 from pydicom.errors import InvalidDicomError
 
-from medseg.cli import progress, run_cli
-from medseg.data.dataset import load_mask
+from medseg.data.decode import load_mask
 from medseg.data.dicom import NoPixelData, read_frames
 from medseg.data.index import Sample, patient_key
 from medseg.data.labels import find_label, label_key, label_lookups
 from medseg.data.split import split_patients
-from medseg.io import atomic_path
-from medseg.privacy import pseudonym, pseudonymous_path, register_source
-from medseg.visualize import palette_png
+from medseg.utils.cli import progress, run_cli
+from medseg.utils.io import atomic_path
+from medseg.utils.privacy import pseudonym, pseudonymous_path, register_source
+from medseg.utils.visualize import palette_png
 
 log = logging.getLogger(__name__)
 FIELDS = ["stem", "source", "frame", "patient", "series", "window", "source_digest", "label_digest", "label"]

@@ -1,37 +1,14 @@
-"""Inference-time averaging: test-time views (logits averaged) and checkpoint ensembles (softmax averaged)."""
+"""Inference-time averaging in PyTorch: test-time views (logits averaged) and checkpoint ensembles (softmax)."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Test-time flips: the image dimensions each one flips.
-TTA_FLIPS: dict[str, tuple[int, ...]] = {"hflip": (-1,), "vflip": (-2,), "hvflip": (-2, -1)}
-# Test-time rescaling: "scale1.25" runs the network on the input resized by 1.25 (bilinear) and resizes the
-# logits back; factors in (0, 4], other than 1.
-TTA_SCALE = re.compile(r"scale(\d+(?:\.\d+)?)")
-
-
-def _scale(name: str) -> float | None:
-    """The factor of a scale view's name; None when the name is not a valid one."""
-    match = TTA_SCALE.fullmatch(name)
-    factor = float(match.group(1)) if match else 0.0
-    return factor if 0 < factor <= 4 and factor != 1 else None
-
-
-def check_tta(tta: Sequence[str]) -> list[str]:
-    """The TTA names as a list; raise on an unknown one."""
-    unknown = [name for name in tta if name not in TTA_FLIPS and _scale(name) is None]
-    if unknown:
-        raise ValueError(
-            f"unknown test-time augmentation {unknown}; choose from {sorted(TTA_FLIPS)} or scale<factor> "
-            "(a factor in (0, 4] other than 1, e.g. scale1.25)"
-        )
-    return list(tta)
+from medseg.deploy.views import TTA_FLIPS, check_tta, scale_factor
 
 
 def view_logits(net: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, name: str) -> torch.Tensor:
@@ -39,7 +16,7 @@ def view_logits(net: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, na
     if name in TTA_FLIPS:
         dims = TTA_FLIPS[name]
         return net(x.flip(dims)).flip(dims)
-    scaled = F.interpolate(x, scale_factor=_scale(name), mode="bilinear", align_corners=False)
+    scaled = F.interpolate(x, scale_factor=scale_factor(name), mode="bilinear", align_corners=False)
     return F.interpolate(net(scaled), size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 

@@ -8,30 +8,17 @@ medseg-report --models          params and GFLOPs of the four PSPNets at 512x512
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from medseg.io import atomic_path
+from medseg.evaluation.results import read_results
+from medseg.utils.io import atomic_path
+from medseg.utils.sizes import count_params_flops
 
 log = logging.getLogger(__name__)
-RESULTS_FILE = "results.jsonl"
-
-
-def count_params_flops(net: torch.nn.Module, in_channels: int, size: Sequence[int]) -> tuple[int, float]:
-    """(parameters, forward GFLOPs) of NET for one image of SIZE; a multiply-add counts as 2 FLOPs."""
-    params = sum(p.numel() for p in net.parameters())
-    was_training = net.training
-    net.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        net(torch.zeros(1, in_channels, *size))
-    net.train(was_training)
-    return params, counter.get_total_flops() / 1e9
 
 
 def model_table(size: int = 512, in_channels: int = 1, num_classes: int = 2) -> str:
@@ -47,34 +34,6 @@ def model_table(size: int = 512, in_channels: int = 1, num_classes: int = 2) -> 
             params, gflops = count_params_flops(net, in_channels, (size, size))
             lines.append(f"| {name} | {label} | {params / 1e6:.2f} | {gflops:.2f} | {gflops / 2:.2f} |")
     return "\n".join(lines)
-
-
-def append_result(path: str | Path, record: dict) -> None:
-    """Append one JSON line to a sweep's results file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        handle.write(json.dumps(record) + "\n")
-
-
-def read_results(multirun_dir: str | Path) -> list[dict]:
-    """Records of every run of a sweep, in job order."""
-    path = Path(multirun_dir) / RESULTS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; run a sweep with `python train.py -m ...` first")
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        try:
-            record = json.loads(line) if line.strip() else None
-        except json.JSONDecodeError:
-            record = "broken"
-        if isinstance(record, dict):
-            records.append(record)
-        elif record is not None:  # a job killed while appending its line
-            log.warning("%s:%d: not a result record; left out", path, number)
-    if not records:
-        raise ValueError(f"{path}: no readable result records")
-    return sorted(records, key=lambda r: r.get("job", 0) if isinstance(r.get("job", 0), int) else 0)
 
 
 def sweep_table(records: Sequence[dict]) -> str:

@@ -9,6 +9,7 @@ averaged inside it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,10 +18,13 @@ import numpy as np
 import onnx
 import torch
 
-from medseg.cli import add_tta_option, run_cli
-from medseg.inference import METADATA_KEY, ModelInfo, Predictor, load_members
-from medseg.io import atomic_path
-from medseg.models.averaging import check_tta, inference_net
+from medseg.deploy.averaging import inference_net
+from medseg.deploy.info import METADATA_KEY, ModelInfo
+from medseg.deploy.members import load_members
+from medseg.deploy.predictor import Predictor
+from medseg.deploy.views import resolve_tta
+from medseg.utils.cli import add_tta_option, run_cli
+from medseg.utils.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +96,10 @@ def export_checkpoint(
     """Export one checkpoint's network, or the ensemble of several, to ONNX (TTA views inside the graph,
     None: the checkpoints' own setting) and verify it against PyTorch; returns (path, max errors)."""
     paths = [checkpoint] if isinstance(checkpoint, str | Path) else list(checkpoint)
-    modules, info = load_members(paths)
-    info.tta = check_tta(info.tta if tta is None else tta)
-    net = inference_net([m.net for m in modules], info.tta).eval()
-    path = export_net(net, info, out, optimize=len(modules) == 1)
+    nets, info = load_members(paths)
+    info = dataclasses.replace(info, tta=resolve_tta(info.tta, tta))
+    net = inference_net(nets, info.tta).eval()
+    path = export_net(net, info, out, optimize=len(nets) == 1)
     try:
         errors = check_parity(net, path, info, atol)
     except Exception:
@@ -123,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     print(f"wrote {path}; ONNX Runtime vs PyTorch max |diff| per size: {', '.join(f'{e:.1e}' for e in errors)}")
     if args.int8:
-        from medseg.quantize import quantize_checkpoint_model
+        from medseg.deploy.quantize import quantize_checkpoint_model
 
         report = run_cli(
             "medseg-export",

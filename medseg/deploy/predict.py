@@ -16,18 +16,17 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-import torch
 from PIL import Image
 
 from medseg import __version__
-from medseg.cli import add_inference_options, inference_options, progress, run_cli
-from medseg.data.dataset import load_image
+from medseg.data.decode import load_image
 from medseg.data.dicom import slice_position
 from medseg.data.index import IMAGE_SUFFIXES, Sample
-from medseg.inference import Predictor
-from medseg.io import atomic_path
-from medseg.privacy import output_name, pseudonym, register_source
-from medseg.visualize import overlay, palette_png
+from medseg.deploy.predictor import Predictor
+from medseg.utils.cli import add_inference_options, inference_options, progress, run_cli
+from medseg.utils.io import atomic_path
+from medseg.utils.privacy import output_name, pseudonym, register_source
+from medseg.utils.visualize import overlay, palette_png, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +66,8 @@ def save_mask_and_overlay(image: np.ndarray, mask: np.ndarray, out: Path, name: 
     """Write NAME_mask.png (palette, class indices) and NAME_overlay.png, atomically."""
     with atomic_path(out / f"{name}_mask.png") as tmp:
         palette_png(mask).save(tmp, format="PNG")
-    rgb = overlay(torch.from_numpy(image.transpose(2, 0, 1).copy()), torch.from_numpy(mask.astype(np.int64)))
     with atomic_path(out / f"{name}_overlay.png") as tmp:
-        Image.fromarray((rgb.numpy().transpose(1, 2, 0) * 255).round().astype(np.uint8)).save(tmp, format="PNG")
+        Image.fromarray(to_uint8(overlay(image.transpose(2, 0, 1), mask))).save(tmp, format="PNG")
 
 
 def write_seg(sources: Sequence[Path], masks: Sequence[np.ndarray], class_names: Sequence[str], out: Path) -> Path:

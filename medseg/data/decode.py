@@ -1,0 +1,110 @@
+"""Decoding one sample without torch: images (DICOM, PNG, JPEG, TIFF) to float32 in [0, 1], labels to class indices."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from medseg.data.dicom import SliceMeta, read_slice
+from medseg.data.index import Sample
+from medseg.data.labels import nifti_slice, read_png, seg_slice
+
+
+class MaskValueError(ValueError):
+    """A label file holds values that are not classes: a configuration problem, never skipped."""
+
+
+def load_image_meta(sample: Sample, in_channels: int, window=None) -> tuple[np.ndarray, SliceMeta | None]:
+    """Decode an image to float32 [H, W, C] in [0, 1], with DICOM metadata when it is DICOM."""
+    meta = None
+    if sample.kind == "dicom":
+        image, meta = read_slice(sample.image, window, frame=sample.frame)
+    else:
+        image = read_image(sample.image, in_channels)
+    if not np.isfinite(image).all():
+        raise ValueError(f"{sample.image}: pixel data hold NaN or infinite values")
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[-1] != in_channels:
+        image = np.repeat(image[..., :1], in_channels, axis=-1) if in_channels == 3 else image.mean(-1, keepdims=True)
+    return image, meta
+
+
+def read_image(path: Path, in_channels: int) -> np.ndarray:
+    """A PNG/JPEG/TIFF image as float32 in [0, 1] at its full bit depth (16-bit greyscale over 65535)."""
+    try:
+        with Image.open(path) as im:
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit greyscale: convert("L") would clip it
+                return np.clip(np.asarray(im, dtype=np.float32) / 65535.0, 0.0, 1.0)
+            if im.mode == "F":
+                return np.asarray(im, dtype=np.float32)
+            return np.asarray(im.convert("L" if in_channels == 1 else "RGB"), dtype=np.float32) / 255.0
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"{path}: refused, image too large to decode ({exc})") from None
+    except (OSError, SyntaxError) as exc:
+        raise ValueError(f"{path}: cannot read image ({exc})") from exc
+
+
+def load_image(sample: Sample, in_channels: int, window=None) -> np.ndarray:
+    """Decode an image to float32 [H, W, C] in [0, 1]."""
+    return load_image_meta(sample, in_channels, window)[0]
+
+
+def load_mask(
+    sample: Sample,
+    num_classes: int,
+    mapping: Mapping[int, int] | None = None,
+    threshold: int | None = None,
+    ignore_index: int = 255,
+    meta: SliceMeta | None = None,
+    shape: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Read labels (PNG, NIfTI volume or DICOM SEG) as uint8 class indices, mapped and validated."""
+    name = sample.mask.name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        raw = nifti_slice(sample.mask, meta, shape)  # type: ignore[arg-type]  # volumes come with their DICOM
+    elif name.endswith(".dcm"):
+        raw = seg_slice(sample.mask, meta)  # type: ignore[arg-type]
+    else:
+        raw = read_png(sample.mask)
+    if threshold is not None:
+        mask = (raw >= threshold).astype(np.int64)
+    else:
+        mask = raw.astype(np.int64)
+        if mapping:
+            out = mask.copy()
+            for src, dst in mapping.items():
+                out[mask == int(src)] = int(dst)
+            mask = out
+    bad = [int(v) for v in np.unique(mask) if v >= num_classes and v != ignore_index]
+    if bad:
+        raise MaskValueError(
+            f"{sample.mask}: mask values {bad} are not classes 0..{num_classes - 1} "
+            "(set data.mask_mapping or data.mask_threshold)"
+        )
+    return mask.astype(np.uint8)
+
+
+def fit_to_size(image: np.ndarray, mask: np.ndarray, size: Sequence[int], policy: str = "stretch"):
+    """Resize (stretch) or letterbox-pad an image [H, W, C] and mask [H, W] to size (H, W)."""
+    h, w = size
+    if policy == "stretch":
+        image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+        mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
+    elif policy == "letterbox":
+        scale = min(h / image.shape[0], w / image.shape[1])
+        nh, nw = round(image.shape[0] * scale), round(image.shape[1] * scale)
+        image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
+        mask = cv2.resize(mask, (nw, nh), interpolation=cv2.INTER_NEAREST)
+        top, left = (h - nh) // 2, (w - nw) // 2
+        image = cv2.copyMakeBorder(image, top, h - nh - top, left, w - nw - left, cv2.BORDER_CONSTANT, value=0)
+        mask = cv2.copyMakeBorder(mask, top, h - nh - top, left, w - nw - left, cv2.BORDER_CONSTANT, value=0)
+    else:
+        raise ValueError(f"unknown size_policy {policy!r}; choose 'stretch' or 'letterbox'")
+    if image.ndim == 2:
+        image = image[..., None]
+    return image, mask

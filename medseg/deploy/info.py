@@ -1,0 +1,28 @@
+"""What a model needs from its consumer, stored in the ONNX file's metadata and derived from checkpoints."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+METADATA_KEY = "medseg"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Everything a consumer needs to feed the model: classes, channels, size policy and window."""
+
+    class_names: list[str]
+    in_channels: int
+    image_size: list[int]
+    size_policy: str = "stretch"
+    window: str | list[float] | None = None
+    input: str = "float32 [B, C, H, W] in [0, 1]: modality LUT, VOI window, MONOCHROME1 inverted"
+    output: str = "float32 logits [B, K, H, W]; argmax over K gives class indices"
+    tta: list[str] = field(default_factory=list)  # test-time views (ONNX: averaged inside the graph)
+    keep_largest: dict[str, int] | None = None  # post-processing: largest components kept per class
+    members: int = 1  # checkpoints ensembled (softmax averaged; the output is then its logarithm)
+
+    def to_json(self) -> str:
+        """Serialise for ONNX metadata."""
+        return json.dumps(asdict(self))

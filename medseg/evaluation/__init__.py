@@ -1,0 +1,1 @@
+"""Evaluation: the one scoring loop, medseg-eval and medseg-report."""

@@ -1,0 +1,1 @@
+"""Training: the pipeline behind train.py, the LightningModule, tracking, sweeps and callbacks."""

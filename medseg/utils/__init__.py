@@ -1,0 +1,1 @@
+"""Shared utilities: atomic I/O, keyed pseudonyms, checkpoints as data, the build registry, CLI conventions."""
