@@ -143,3 +143,19 @@ def test_the_registry_builds_plain_specs_and_refuses_the_rest():
             build(spec, "loss")
     assert matches([1, 3], list[int]) and not matches([1, "3"], list[int]) and matches(None, int | None)
     assert matches(2, float) and not matches(True, int) and matches((0.9, 0.99), tuple[float, float])
+
+
+def test_checkpoints_naming_the_published_paths_still_load(demo_checkpoint, demo_root, make_cfg, tmp_path):
+    state = torch.load(demo_checkpoint, map_location="cpu", weights_only=True)
+    hparams = state["hyper_parameters"]
+    hparams["net"]["_target_"] = "medseg.models.pspnet.PSPNet"
+    hparams["loss"] = {"_target_": "medseg.losses.DiceLoss", "smooth": 1.0}
+    hparams["scheduler"] = {"_target_": "medseg.schedulers.WarmupCosineLR", "_partial_": True, "T_max": 2}
+    path = tmp_path / "published.ckpt"
+    torch.save(state, path)
+    image = next((demo_root / "images").rglob("*.dcm"))
+    predict_main([str(path), str(image), "--out", str(tmp_path / "p")])
+    eval_main([str(path), str(demo_root), "--out", str(tmp_path / "e"), "--worst", "0"])
+    assert list((tmp_path / "p").glob("*_mask.png")) and (tmp_path / "e" / "summary.csv").is_file()
+    cfg = make_cfg([f"init_from={path}", "trainer.fast_dev_run=true", "data.image_size=64", "test=false"])
+    train(cfg)

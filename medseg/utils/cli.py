@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import sys
@@ -10,7 +11,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
-from omegaconf.errors import OmegaConfBaseException
+try:  # the training install; the runtime install has no OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+except ImportError:  # pragma: no cover - runtime install
+    OmegaConfBaseException = ValueError  # type: ignore[misc,assignment]
 
 T = TypeVar("T")
 log = logging.getLogger("medseg.progress")
@@ -32,7 +36,7 @@ def run_cli(prog: str, debug: bool, action: Callable[[], T]) -> T:
 
 def progress(items: Iterable[T], total: int, description: str, every: float = 30.0) -> Iterator[T]:
     """A rich bar in a terminal; elsewhere (logs, SLURM, CI) a line every EVERY seconds and at the end."""
-    if sys.stderr.isatty():
+    if sys.stderr.isatty() and importlib.util.find_spec("rich") is not None:
         from rich.progress import track
 
         yield from track(items, total=total, description=description)
