@@ -17,5 +17,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    sys.argv[1:] = quote_numeric_options(sys.argv[1:])
+    sys.argv[1:] = run_cli("train.py", False, lambda: quote_numeric_options(sys.argv[1:]))
     main()

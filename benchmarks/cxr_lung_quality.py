@@ -88,7 +88,7 @@ def epoch_seconds(cfg, stages: int = 1) -> list[float]:
     schedule = ProgressiveSchedule(cfg.stage.stages)
     seconds = []
     for stage in schedule.stages[:stages]:
-        datamodule.train_size = stage.size
+        datamodule.set_stage(stage.data_fraction, stage.aug_strength, stage.size)
         seconds.append(_stage_epoch_seconds(cfg, datamodule))
     return seconds
 

@@ -152,7 +152,8 @@ def loader_rate(root: Path, batches: int = 100) -> float:
     """Images per second one process streams and augments (mid strength), without a model."""
     from medseg.data.stream import StreamDataModule
 
-    dm = StreamDataModule(str(root), num_workers=0, aug_strength="mid")
+    dm = StreamDataModule(str(root), num_workers=0)
+    dm.set_stage(aug_strength="mid")
     loader = dm.train_dataloader()
     start, count = time.perf_counter(), 0
     for i, batch in enumerate(loader):

@@ -100,7 +100,8 @@ def peak_rss_mb(size: int, steps: int, checkpointing: bool, bf16: bool = False) 
 
 def epoch_seconds(size: int) -> tuple[float, float]:
     """Data-only epoch time on the demo DICOM data: first epoch (decoding) and second (cached)."""
-    dm = SegmentationDataModule(image_size=size, batch_size=BATCH, aug_strength="mid", preload=False)
+    dm = SegmentationDataModule(image_size=size, batch_size=BATCH, preload=False)
+    dm.set_stage(aug_strength="mid")
     dm.setup("fit")
     times = []
     for _ in range(2):
@@ -123,7 +124,8 @@ def main() -> None:
     torch.set_num_threads(2)
     rows, steps = [], args.steps
     for size in args.sizes:
-        dm = SegmentationDataModule(image_size=size, batch_size=BATCH, aug_strength="mid", num_workers=args.workers)
+        dm = SegmentationDataModule(image_size=size, batch_size=BATCH, num_workers=args.workers)
+        dm.set_stage(aug_strength="mid")
         dm.setup("fit")
         batch, classes = next(loader_batches(dm)), dm.num_classes
         for name in args.backbones:

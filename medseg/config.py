@@ -24,10 +24,24 @@ def total_epochs(stages) -> int:
 _NUMERIC_GROUP = re.compile(r"^(\+{0,2}stage)=([0-9][0-9,]*)$")
 
 
+# Settings each stage of the schedule owns; `data.<key>` would be overwritten at every fit start.
+STAGE_OWNED = ("data_fraction", "aug_strength")
+_OWNED_OVERRIDE = re.compile(r"^\+{0,2}data\.(" + "|".join(STAGE_OWNED) + r")=")
+
+
+def stage_owned_message(key: str) -> str:
+    """The refusal of `data.KEY`, naming the stage key to set."""
+    return f"data.{key}: the training stage owns it; set stage.stages.0.{key} (one value per stage) instead"
+
+
 def quote_numeric_options(overrides: Sequence[str]) -> list[str]:
-    """Quote numeric option names (`stage=2` -> `stage='2'`), which Hydra would otherwise parse as ints."""
+    """Quote numeric option names (`stage=2` -> `stage='2'`), which Hydra would otherwise parse as ints; refuse
+    overrides of settings the stage owns (`data.aug_strength=...`) in one line."""
     out = []
     for item in overrides:
+        owned = _OWNED_OVERRIDE.match(item)
+        if owned:
+            raise ValueError(stage_owned_message(owned.group(1)))
         match = _NUMERIC_GROUP.match(item)
         if match:
             item = f"{match.group(1)}=" + ",".join(f"'{v}'" for v in match.group(2).split(","))
@@ -88,6 +102,9 @@ def compose_config(overrides: Sequence[str] = (), output_dir: str | Path = "outp
 def validate_config(cfg: DictConfig) -> None:
     """Check the values a run needs before anything is decoded; raise one ValueError naming the key."""
     data = cfg.data
+    for key in STAGE_OWNED:
+        if key in data:
+            raise ValueError(stage_owned_message(key))
     if OmegaConf.is_missing(data, "root") or (data.get("layout") == "folder" and not data.get("root")):
         raise ValueError("data.root is required with this data config: the folder to train on")
     checks = data_checks(data, "data.") | {
@@ -98,7 +115,6 @@ def validate_config(cfg: DictConfig) -> None:
             lambda v: v == "auto" or (isinstance(v, int) and v >= 0),
             "'auto' or an integer >= 0",
         ),
-        "data.data_fraction": (data.get("data_fraction"), lambda v: number(v) and 0 < v <= 1, "a number in (0, 1]"),
         "seed": (cfg.get("seed"), lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
     }
     if "split" in data:

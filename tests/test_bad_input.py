@@ -260,3 +260,11 @@ def test_a_broken_results_line_is_left_out_with_a_warning(tmp_path, caplog):
     (tmp_path / "results.jsonl").write_text("\n".join(lines) + "\n")
     assert [r["job"] for r in read_results(tmp_path)] == [0, 1]
     assert "results.jsonl:2: not a result record" in caplog.text
+
+
+@pytest.mark.parametrize("key", ["aug_strength", "data_fraction"])
+def test_a_setting_the_stage_owns_is_refused_under_data(make_cfg, key):
+    value = "high" if key == "aug_strength" else "0.5"
+    for override in (f"data.{key}={value}", f"+data.{key}={value}"):
+        with pytest.raises(ValueError, match=rf"data.{key}: the training stage owns it; set stage.stages.0.{key}"):
+            validate_config(make_cfg([override]))

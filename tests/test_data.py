@@ -76,7 +76,8 @@ def test_decode_cache_second_epoch_never_decodes(demo_root, monkeypatch, tmp_pat
     calls = []
     real = dmod.load_image_meta
     monkeypatch.setattr(dmod, "load_image_meta", lambda *a, **k: calls.append(1) or real(*a, **k))
-    dm = SegmentationDataModule(root=str(demo_root), aug_strength="high", preload=False)
+    dm = SegmentationDataModule(root=str(demo_root), preload=False)
+    dm.set_stage(aug_strength="high")
     dm.setup("fit")
     epochs = []
     for _ in range(2):

@@ -14,7 +14,7 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader
 
-from medseg.data.augment import build_augmentation, size_pair
+from medseg.data.augment import STRENGTHS, build_augmentation, size_pair
 from medseg.data.cache import DecodeCache
 from medseg.data.dataset import SliceDataset, seed_worker_augmentation
 from medseg.data.decode import MaskValueError, fit_to_size, load_image_meta, load_mask
@@ -86,11 +86,25 @@ def pin_memory(trainer: L.Trainer | None) -> bool:
 
 
 class SplitLoaders:
-    """train/val/test dataloaders from a data module's `dataset(split, augment)` and `_loader(dataset, train)`."""
+    """train/val/test dataloaders from a data module's `dataset(split, augment)` and `_loader(dataset, train)`.
+
+    The training stage owns the data fraction, augmentation strength and training size: `set_stage` takes them.
+    """
 
     image_size: tuple[int, int]
-    aug_strength: str
+    data_fraction: float = 1.0
+    aug_strength: str = "low"
     train_size: tuple[int, int] | None = None  # a stage's training size (progressive resizing); None: image_size
+
+    def set_stage(
+        self, data_fraction: float = 1.0, aug_strength: str = "low", train_size: tuple[int, int] | None = None
+    ) -> None:
+        """Train on DATA_FRACTION of the (labelled) training patients at AUG_STRENGTH, resized to TRAIN_SIZE."""
+        if not 0.0 < data_fraction <= 1.0:
+            raise ValueError(f"data_fraction must be in (0, 1], got {data_fraction}")
+        if aug_strength not in STRENGTHS:
+            raise ValueError(f"aug_strength must be one of {list(STRENGTHS)}, got {aug_strength!r}")
+        self.data_fraction, self.aug_strength, self.train_size = data_fraction, aug_strength, train_size
 
     def train_transform(self, seed: int | None):
         """The training augmentation at the current strength, resized to the stage's `train_size` if it differs."""
@@ -125,9 +139,8 @@ class SegmentationDataModule(SplitLoaders, L.LightningDataModule):
         split: train/val/test fractions of patients; seed: the split's and the subsets' seed.
         num_folds, fold: patient-level K-fold over train+val (fold k validates); the test patients stay fixed.
         batch_size, num_workers: DataLoader settings ("auto" workers: 0 on CPU, up to 8 per GPU).
-        data_fraction: share of training patients used (nested subsets); aug_strength: none|low|mid|high.
         labelled_fraction: share of training patients available at all (label-budget studies); the stages'
-            data fractions are taken of these.
+            data fractions are taken of these (`set_stage`).
         cache_dir: where the demo dataset is generated; decode_cache: decoded-slice cache folder or None.
         preload: decode everything at setup; strict: stop at the first unreadable file.
         split_file: where the split is written (keyed pseudonyms); None to skip.
@@ -155,9 +168,7 @@ class SegmentationDataModule(SplitLoaders, L.LightningDataModule):
         fold: int = 0,
         batch_size: int = 8,
         num_workers: int | str = "auto",
-        data_fraction: float = 1.0,
         labelled_fraction: float = 1.0,
-        aug_strength: str = "mid",
         cache_dir: str = "~/.cache/medseg",
         decode_cache: str | None = None,
         preload: bool = True,
@@ -169,8 +180,6 @@ class SegmentationDataModule(SplitLoaders, L.LightningDataModule):
         self.save_hyperparameters(logger=False)
         self.image_size = size_pair(image_size)
         self.class_names = list(class_names)
-        self.data_fraction = data_fraction
-        self.aug_strength = aug_strength
         self.splits: dict[str, list[Sample]] = {}
         self._cache: DecodeCache | None = None
         self._train_loaders = 0  # a new augmentation seed for every (re)loaded training epoch

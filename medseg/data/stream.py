@@ -58,8 +58,8 @@ class StreamDataModule(SplitLoaders, L.LightningDataModule):
         ignore_index: mask value ignored by loss and metrics.
         seed: shuffle and augmentation seed (the split was fixed when the data were prepared).
         batch_size, num_workers: loader settings ("auto" workers: 0 on CPU, up to 8 per GPU process).
-        data_fraction: share of training patients (nested subsets); aug_strength: none|low|mid|high.
-        labelled_fraction: share of training patients available at all; data_fraction is a share of these.
+        labelled_fraction: share of training patients available at all; a stage's data_fraction is a share of
+            these (`set_stage`).
         cache_dir, max_cache_size: litdata's local chunk cache for remote folders.
         split_file: accepted for config compatibility; the split lives in the prepared folder.
     """
@@ -76,8 +76,6 @@ class StreamDataModule(SplitLoaders, L.LightningDataModule):
         seed: int = 42,
         batch_size: int = 8,
         num_workers: int | str = "auto",
-        data_fraction: float = 1.0,
-        aug_strength: str = "low",
         labelled_fraction: float = 1.0,
         cache_dir: str | None = None,
         max_cache_size: str | None = None,
@@ -95,8 +93,6 @@ class StreamDataModule(SplitLoaders, L.LightningDataModule):
         self._check("window", window, settings["window"])
         self.class_names = list(settings["class_names"])
         self.image_size = size_pair(settings["image_size"])
-        self.data_fraction = data_fraction
-        self.aug_strength = aug_strength
 
     def _check(self, key: str, given, prepared) -> None:
         if given is not None and np.atleast_1d(given).tolist() != np.atleast_1d(prepared).tolist():

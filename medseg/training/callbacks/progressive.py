@@ -35,7 +35,7 @@ class Stage:
     epochs: int
     lr: float
     data_fraction: float = 1.0
-    aug_strength: str = "mid"
+    aug_strength: str = "low"
     train: Sequence[str] = field(default_factory=lambda: ["all"])
     image_size: int | Sequence[int] | None = None
 
@@ -78,9 +78,8 @@ class ProgressiveSchedule(Callback):
     def _apply_data(self, trainer: L.Trainer, epoch: int) -> None:
         """Point the data module at the data fraction and augmentation of EPOCH's stage."""
         stage = self.stages[self.stage_index(epoch)]
-        dm = trainer.datamodule
-        if dm is not None:
-            dm.data_fraction, dm.aug_strength, dm.train_size = stage.data_fraction, stage.aug_strength, stage.size
+        if trainer.datamodule is not None:
+            trainer.datamodule.set_stage(stage.data_fraction, stage.aug_strength, stage.size)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._apply_data(trainer, self._start_epoch)
