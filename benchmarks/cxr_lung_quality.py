@@ -30,6 +30,7 @@ from omegaconf import OmegaConf, open_dict
 from medseg.config import compose_config
 from medseg.models.encoder import BACKBONES
 from medseg.training.pipeline import train
+from medseg.utils.checkpoint import load_checkpoint
 from medseg.utils.registry import register
 
 REPO = Path(__file__).resolve().parent.parent
@@ -133,20 +134,19 @@ def split_scores(cfg, best: Path, tta: list[str], split: str = "test") -> dict[s
     val) split of the best checkpoint's raw output, with the TTA views (`_tta`), and with the model's own
     keep-largest clean-up (`_clean`, `_tta_clean`) if it has one."""
     import numpy as np
-    from torchmetrics import MetricCollection
 
     from medseg.deploy.averaging import tta_logits
-    from medseg.evaluation.evaluate import case_scores
-    from medseg.metrics import segmentation_metrics, update_ignoring
+    from medseg.evaluation.scores import SplitScores, case_scores
     from medseg.postprocess import keep_largest
 
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.setup("test" if split == "test" else "fit")
     module = instantiate(cfg.model, _recursive_=False)
-    module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+    module.load_state_dict(load_checkpoint(best)["state_dict"])
     module.eval()
     scores: dict[str, list[float]] = defaultdict(list)
-    whole: defaultdict[str, MetricCollection] = defaultdict(lambda: segmentation_metrics(len(cfg.data.class_names)))
+    classes = list(cfg.data.class_names)
+    whole: defaultdict[str, SplitScores] = defaultdict(lambda: SplitScores(classes, cfg.model.ignore_index))
     with torch.no_grad():
         for batch in datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader():
             plain = module(batch["image"])
@@ -156,12 +156,12 @@ def split_scores(cfg, best: Path, tta: list[str], split: str = "test") -> dict[s
                 for suffix in ("", "_tta"):
                     variants[f"{suffix}_clean"] = np.stack([keep_largest(p, module.keep) for p in variants[suffix]])
             for suffix, preds in variants.items():
-                update_ignoring(whole[suffix], torch.from_numpy(preds), batch["mask"], cfg.model.ignore_index)
+                whole[suffix].update(preds, batch["mask"])
                 for pred, target in zip(preds, batch["mask"].numpy(), strict=True):
                     case = case_scores(pred, target, len(cfg.data.class_names))
                     scores[f"dice{suffix}"].append(float(np.nanmean(case["dice"])))
                     scores[f"hd95{suffix}"].append(float(np.nanmean(case["hd95"])))
-    whole_dice = {f"whole_dice{k}": float(np.nanmean(m.compute()["dice"].numpy())) for k, m in whole.items()}
+    whole_dice = {f"whole_dice{k}": m.compute()["dice_mean"] for k, m in whole.items()}
     return {k: float(np.nanmean(v)) for k, v in scores.items()} | whole_dice
 
 

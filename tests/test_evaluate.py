@@ -13,7 +13,9 @@ import torch.nn.functional as F
 from monai.metrics import compute_hausdorff_distance
 from torchmetrics.functional.segmentation import dice_score
 
-from medseg.evaluation.evaluate import case_scores, main
+from medseg.evaluation.evaluate import evaluate, main
+from medseg.evaluation.scores import case_scores
+from medseg.training.pipeline import train
 
 
 def test_scores_match_hand_values_torchmetrics_and_monai():
@@ -77,3 +79,17 @@ def test_eval_cli_restricted_to_a_runs_test_split(demo_checkpoint, demo_root, tm
     with pytest.raises(SystemExit):
         main([*args, "--split", "holdout"])
     assert "no split 'holdout'" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # a short run at the demo's native 256 px
+def test_the_test_step_and_medseg_eval_give_the_same_dice(make_cfg, demo_root, tmp_path):
+    args = ["data.image_size=256", "stage.stages.0.epochs=8", "model.channels_last=false"]
+    _, metrics = train(make_cfg([*args, "model.log_images=false"]))
+    run = tmp_path / "run"
+    best = run / "checkpoints" / "best.ckpt"
+    evaluate(best, demo_root, tmp_path / "eval", worst=0, split_file=run / "split.json", split="test")
+    with open(tmp_path / "eval" / "summary.csv") as handle:
+        split = {r["cls"]: float(r["mean"]) for r in csv.DictReader(handle) if r["metric"] == "dice_split"}
+    assert metrics["test/dice_mean"] > 0.2, metrics  # a model that segments, not an empty prediction
+    assert split["mean"] == pytest.approx(metrics["test/dice_mean"], abs=1e-6)
+    assert split["organ"] == pytest.approx(metrics["test/dice_organ"], abs=1e-6)

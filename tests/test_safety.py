@@ -26,7 +26,7 @@ from medseg.data.labels import read_png
 from medseg.data.prepare import prepare
 from medseg.deploy.predict import main as predict_main
 from medseg.deploy.predict import predict
-from medseg.metrics import segmentation_metrics
+from medseg.evaluation.scores import segmentation_metrics
 from medseg.training.pipeline import resume_path, train
 from medseg.utils.checkpoint import UnsafeCheckpoint, allowed_target, load_checkpoint
 

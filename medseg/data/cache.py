@@ -20,7 +20,8 @@ class DecodeCache:
     """Maps a sample (image bytes, label bytes, frame) plus preprocessing parameters to (image, mask)."""
 
     def __init__(self, params: dict, directory: str | os.PathLike | None = None) -> None:
-        self.params = json.dumps(params, sort_keys=True, default=str)
+        # images are kept as float32: every consumer (training, the test step, medseg-eval) sees the same values
+        self.params = json.dumps({**params, "image_dtype": "float32"}, sort_keys=True, default=str)
         self.directory = Path(os.path.expanduser(str(directory))) if directory else None
         self._memory: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._digests: dict[tuple, str] = {}
@@ -39,7 +40,7 @@ class DecodeCache:
         return hashlib.sha1("|".join(parts).encode()).hexdigest()
 
     def get(self, sample: Sample) -> tuple[np.ndarray, np.ndarray] | None:
-        """Cached (image float16, mask uint8), or None."""
+        """Cached (image float32, mask uint8), or None."""
         key = self.key(sample)
         if key in self._memory:
             return self._memory[key]
@@ -55,9 +56,9 @@ class DecodeCache:
         return None
 
     def put(self, sample: Sample, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Store a decoded pair (image kept as float16) and return it."""
+        """Store a decoded pair (image float32, mask uint8) and return it."""
         key = self.key(sample)
-        entry = (image.astype(np.float16), mask.astype(np.uint8))
+        entry = (image.astype(np.float32), mask.astype(np.uint8))
         self._memory[key] = entry
         if self.directory is not None:
             try:

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import torch
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from medseg.deploy.predictor import Predictor
-from medseg.metrics import segmentation_metrics, update_ignoring
+from medseg.evaluation.scores import SplitScores
 from medseg.utils.checkpoint import load_checkpoint
 from medseg.utils.io import atomic_path
 
@@ -88,11 +87,11 @@ def validation_batches(checkpoint: str | Path, data_root: str | None = None) -> 
 
 
 def mean_dice(predictor: Predictor, batches: list[tuple[np.ndarray, np.ndarray]]) -> float:
-    """Global mean foreground Dice of PREDICTOR over the batches."""
-    metric = segmentation_metrics(len(predictor.info.class_names))["dice"]
+    """Whole-split mean foreground Dice of PREDICTOR over the batches (the test step's score)."""
+    scores = SplitScores(predictor.info.class_names)
     for images, masks in batches:
-        update_ignoring(metric, torch.from_numpy(predictor.logits(images).argmax(1)), torch.from_numpy(masks))
-    return float(metric.compute().nanmean())
+        scores.update(predictor.logits(images).argmax(1), masks)
+    return scores.compute()["dice_mean"]
 
 
 def quantize_onnx(fp32: Path, out: Path, calibration: list[np.ndarray]) -> Path:

@@ -20,42 +20,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
-from torchmetrics.functional.segmentation import dice_score, mean_iou
 
 from medseg.data.decode import load_image_meta, load_mask
 from medseg.data.index import Sample, index_dicom, index_folder
 from medseg.deploy.predictor import Predictor
+from medseg.evaluation.scores import SplitScores, case_scores
 from medseg.utils.cli import add_inference_options, inference_options, progress, run_cli
 from medseg.utils.io import atomic_path
 from medseg.utils.privacy import output_name, pseudonym, pseudonymous_path
 from medseg.utils.visualize import overlay_grid, to_uint8
-
-
-def case_scores(pred: np.ndarray, target: np.ndarray, num_classes: int, spacing=None) -> dict[str, np.ndarray]:
-    """Per-foreground-class Dice, IoU and HD95 of one 2-D case, with the empty-mask convention applied."""
-    from monai.metrics import compute_hausdorff_distance
-
-    p, t = torch.from_numpy(pred.astype(np.int64))[None], torch.from_numpy(target.astype(np.int64))[None]
-    dice = dice_score(p, t, num_classes, include_background=False, average="none", input_format="index")[0]
-    iou = mean_iou(p, t, num_classes, include_background=False, per_class=True, input_format="index")[0]
-    onehot = [F.one_hot(x, num_classes).permute(0, 3, 1, 2).float() for x in (p, t)]
-    ref_empty = onehot[1][0, 1:].sum((1, 2)) == 0
-    pred_empty = onehot[0][0, 1:].sum((1, 2)) == 0
-    hd95 = torch.full((num_classes - 1,), float("nan"))
-    both = ~ref_empty & ~pred_empty
-    if both.any():
-        hd95[both] = compute_hausdorff_distance(
-            onehot[0], onehot[1], include_background=False, percentile=95, spacing=spacing
-        )[0].float()[both]
-    dice, iou = dice.float().clone(), iou.float().clone()
-    neither = ref_empty & pred_empty
-    dice[neither], iou[neither] = float("nan"), float("nan")
-    one = ref_empty ^ pred_empty
-    dice[one], iou[one] = 0.0, 0.0
-    return {"dice": dice.numpy(), "iou": iou.numpy(), "hd95": hd95.numpy()}
 
 
 def evaluate(
@@ -84,11 +58,12 @@ def evaluate(
     samples = index_dicom(data_dir) if dicom else index_folder(data_dir, patient_regex)
     if split_file is not None:
         samples = split_samples(samples, data_dir, split_file, split)
-    rows, cases = [], []
+    rows, cases, whole = [], [], SplitScores(classes)
     for sample in progress(samples, len(samples), "evaluating"):
         image, meta = load_image_meta(sample, info.in_channels, info.window)
         target = load_mask(sample, len(classes), mask_mapping, mask_threshold, meta=meta, shape=image.shape[:2])
         pred = predictor.segment(image)
+        whole.update(pred, target)
         spacing = list(meta.pixel_spacing) if meta is not None and meta.pixel_spacing else None
         scores = case_scores(pred, target, len(classes), spacing)
         name = (
@@ -96,40 +71,34 @@ def evaluate(
             if meta is not None
             else output_name(sample.image, data_dir / "images", keep_names)
         )
+        unit = "mm" if spacing else "px"
         for k, cls in enumerate(classes[1:]):
-            rows.append(
-                dict(
-                    case=name,
-                    cls=cls,
-                    dice=scores["dice"][k],
-                    iou=scores["iou"][k],
-                    hd95=scores["hd95"][k],
-                    unit="mm" if spacing else "px",
-                )
-            )
-        cases.append(
-            (np.nanmean(scores["dice"]) if not np.isnan(scores["dice"]).all() else 1.0, name, image, target, pred)
-        )
+            rows.append(dict(case=name, cls=cls, **{m: scores[m][k] for m in ("dice", "iou", "hd95")}, unit=unit))
+        mean = np.nanmean(scores["dice"]) if not np.isnan(scores["dice"]).all() else 1.0
+        cases.append((mean, name, image, target, pred))
     _write_csv(out / "cases.csv", rows)
-    summary = []
-    for cls in classes[1:]:
-        for metric in ("dice", "iou", "hd95"):
-            values = np.array([r[metric] for r in rows if r["cls"] == cls], dtype=float)
-            summary.append(
-                dict(
-                    cls=cls,
-                    metric=metric,
-                    mean=np.nanmean(values) if np.isfinite(values).any() else np.nan,
-                    std=np.nanstd(values) if np.isfinite(values).any() else np.nan,
-                    n=int(np.isfinite(values).sum()),
-                )
-            )
-    _write_csv(out / "summary.csv", summary)
+    _write_csv(out / "summary.csv", summary_rows(rows, classes, whole.compute()))
     for score, name, image, target, pred in sorted(cases, key=lambda c: c[0])[:worst]:
         grid = overlay_grid(image.transpose(2, 0, 1)[None], target[None], pred[None])
         with atomic_path(out / "worst" / f"{score:.3f}_{name}.png") as tmp:
             Image.fromarray(to_uint8(grid)).save(tmp, format="PNG")
     return rows
+
+
+def summary_rows(rows: list[dict], classes: Sequence[str], whole: dict[str, float]) -> list[dict]:
+    """Mean +- std over cases per class and metric, then the whole-split Dice and IoU (`dice_split`, as the
+    test step scores a split) per class and their mean."""
+    summary = []
+    for cls in classes[1:]:
+        for metric in ("dice", "iou", "hd95"):
+            values = np.array([r[metric] for r in rows if r["cls"] == cls], dtype=float)
+            finite = np.isfinite(values).any()
+            mean, std = (np.nanmean(values), np.nanstd(values)) if finite else (np.nan, np.nan)
+            summary.append(dict(cls=cls, metric=metric, mean=mean, std=std, n=int(np.isfinite(values).sum())))
+    for cls in [*classes[1:], "mean"]:
+        for metric in ("dice", "iou"):
+            summary.append(dict(cls=cls, metric=f"{metric}_split", mean=whole[f"{metric}_{cls}"], std=np.nan, n=1))
+    return summary
 
 
 def split_samples(samples: list[Sample], data_dir: Path, split_file: str | Path, split: str) -> list[Sample]:

@@ -13,8 +13,8 @@ from torchmetrics import MetricCollection
 
 from medseg.deploy.averaging import tta_logits
 from medseg.deploy.views import check_tta
+from medseg.evaluation.scores import foreground_scores, segmentation_metrics, update_ignoring
 from medseg.losses import inverse_frequency_weights, set_class_weights
-from medseg.metrics import segmentation_metrics, update_ignoring
 from medseg.models import PARTS
 from medseg.postprocess import class_indices, keep_largest
 from medseg.utils.checkpoint import load_checkpoint
@@ -134,12 +134,8 @@ class SegmentationModule(L.LightningModule):
         return pred
 
     def _log_metrics(self, metrics: MetricCollection, prefix: str) -> None:
-        values = metrics.compute()
-        for name in ("dice", "iou"):
-            per_class = values[f"{prefix}/{name}"].reshape(-1)[-(len(self.class_names) - 1) :]  # foreground
-            for cls, value in zip(self.class_names[1:], per_class, strict=True):
-                self.log(f"{prefix}/{name}_{cls}", value)
-            self.log(f"{prefix}/{name}_mean", per_class.nanmean(), prog_bar=name == "dice")
+        for name, value in foreground_scores(metrics.compute(), self.class_names, f"{prefix}/").items():
+            self.log(name, value, prog_bar=name == f"{prefix}/dice_mean")
         metrics.reset()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
