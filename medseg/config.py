@@ -57,11 +57,16 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("run_name", run_name, replace=True)
 
 
-def run_name(output_dir: str) -> str:
-    """A tracker's name for this run: `<job number>: <overrides>` in a multirun, else the run folder's name."""
+def is_multirun() -> bool:
+    """Whether this process runs a job of a Hydra multirun (sweep)."""
     from hydra.types import RunMode
 
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def run_name(output_dir: str) -> str:
+    """A tracker's name for this run: `<job number>: <overrides>` in a multirun, else the run folder's name."""
+    if is_multirun():
         job = HydraConfig.get().job
         return f"{job.num}: {job.override_dirname}"
     return Path(output_dir).name
@@ -69,9 +74,7 @@ def run_name(output_dir: str) -> str:
 
 def run_group(default: str) -> str:
     """The experiment a run belongs to: its sweep (`sweep-<date>_<time>`) in a multirun, else DEFAULT."""
-    from hydra.types import RunMode
-
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+    if is_multirun():
         sweep = Path(HydraConfig.get().sweep.dir)
         return f"sweep-{sweep.parent.name}_{sweep.name}"
     return default

@@ -10,6 +10,8 @@ import numpy as np
 import pydicom
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, pixel_array
 
+from medseg.utils.cli import first_line
+
 log = logging.getLogger(__name__)
 
 # Window presets as (center, width) in Hounsfield units.
@@ -130,18 +132,13 @@ def _geometry(ds: pydicom.Dataset, frame: int):
     return spacing, ipp, iop
 
 
-def _first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (pydicom's can hold every plugin's traceback)."""
-    return (str(exc).strip().splitlines() or [""])[0].rstrip(":")
-
-
 def read_dataset(path: str | Path) -> pydicom.Dataset:
     """Read a DICOM file with pixel data; NoPixelData for objects without an image, ValueError if unreadable."""
     path = Path(path)
     try:
         ds = pydicom.dcmread(path)
     except Exception as exc:
-        raise ValueError(f"{path}: not a readable DICOM file ({type(exc).__name__}: {_first_line(exc)})") from exc
+        raise ValueError(f"{path}: not a readable DICOM file ({type(exc).__name__}: {first_line(exc)})") from exc
     if not any(k in ds for k in PIXEL_KEYWORDS):
         raise NoPixelData(f"{path}: no pixel data ({ds.get('Modality', '?')} {ds.get('SOPClassUID', '')!s})")
     return ds
@@ -160,7 +157,7 @@ def read_frames(path: str | Path, window=None, voi_index: int = 0, frames=None) 
         else:
             pixels = ds.pixel_array if count > 1 else ds.pixel_array[None]  # type: ignore[assignment]
     except Exception as exc:  # missing codec, truncated or corrupt data
-        raise ValueError(f"{path}: cannot decode pixel data ({type(exc).__name__}: {_first_line(exc)})") from exc
+        raise ValueError(f"{path}: cannot decode pixel data ({type(exc).__name__}: {first_line(exc)})") from exc
     out = []
     for index in wanted:
         arr = pixels[index]

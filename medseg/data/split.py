@@ -31,12 +31,17 @@ def split_patients(
     }
 
 
-def subset_patients(patients: Iterable[str], fraction: float, seed: int = 42) -> list[str]:
-    """A stable subset of about FRACTION of the patients; smaller fractions are nested in larger ones."""
+def subset_size(count: int, fraction: float) -> int:
+    """How many of COUNT patients a FRACTION takes: the nested-subset rule (a prefix of one stable order)."""
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"data_fraction must be in (0, 1], got {fraction}")
+    return max(1, round(count * fraction))
+
+
+def subset_patients(patients: Iterable[str], fraction: float, seed: int = 42) -> list[str]:
+    """A stable subset of about FRACTION of the patients; smaller fractions are nested in larger ones."""
     order = _order(patients, seed, "subset")
-    return order[: max(1, round(len(order) * fraction))]
+    return order[: subset_size(len(order), fraction)]
 
 
 def fold_split(parts: dict[str, list[str]], num_folds: int, fold: int, seed: int = 42) -> dict[str, list[str]]:

@@ -14,6 +14,7 @@ from medseg.data.augment import size_pair
 from medseg.data.datamodule import SplitLoaders, count_pixels, loader_workers, pin_memory
 from medseg.data.dataset import seed_worker_augmentation, to_tensors
 from medseg.data.prepared import SPLITS, read_metadata, verify_chunks
+from medseg.data.split import subset_size
 
 log = logging.getLogger(__name__)
 logging.getLogger("litdata").setLevel(logging.WARNING)  # its per-dataset INFO lines (cache size, mmap) are noise here
@@ -116,11 +117,10 @@ class StreamDataModule(SplitLoaders, L.LightningDataModule):
         """Items of the current data_fraction of the labelled patients: the first patients' slices in subset order."""
         counts = self.meta["splits"]["train"]["patient_items"]
         labelled = self.hparams.labelled_fraction
-        for name, value in (("data_fraction", self.data_fraction), ("labelled_fraction", labelled)):
-            if not 0.0 < value <= 1.0:
-                raise ValueError(f"{name} must be in (0, 1], got {value}")
-        fraction = self.data_fraction * labelled  # nested subsets are prefixes of one patient order
-        return int(sum(counts[: max(1, round(len(counts) * fraction))]))
+        if not 0.0 < labelled <= 1.0:
+            raise ValueError(f"labelled_fraction must be in (0, 1], got {labelled}")
+        # nested subsets are prefixes of one patient order, stored in that order by medseg-prepare
+        return int(sum(counts[: subset_size(len(counts), self.data_fraction * labelled)]))
 
     def dataset(self, split: str, augment: bool = False) -> SegmentationStream:
         """A split as a stream: the training split shuffled per epoch and cut to the data fraction."""

@@ -13,6 +13,7 @@ import numpy as np
 from medseg.deploy.info import METADATA_KEY, ModelInfo
 from medseg.deploy.views import resolve_tta
 from medseg.postprocess import class_indices, keep_largest
+from medseg.utils.cli import first_line
 
 TRAIN_EXTRA = "pip install 'medseg[train]'"
 
@@ -131,8 +132,7 @@ def _onnx_session(path: Path, threads: int | None):
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # not ONNX, truncated, unsupported operators
-        message = " ".join(str(exc).split())[:200]
-        raise ValueError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {message})") from None
+        raise ValueError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {first_line(exc)})") from None
     meta = session.get_modelmeta().custom_metadata_map
     if METADATA_KEY not in meta:
         raise ValueError(f"{path}: no '{METADATA_KEY}' metadata; export it with medseg-export")

@@ -9,6 +9,8 @@ import timm
 import torch
 from torch import nn
 
+from medseg.utils.cli import first_line
+
 BACKBONES: dict[str, str] = {
     "mobilenetv3": "mobilenetv3_large_100",
     "efficientnet_b0": "efficientnet_b0",
@@ -46,10 +48,8 @@ class Encoder(nn.Module):
                     timm_name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs
                 )
             except Exception as exc:  # a pickle, another network's weights, a truncated file
-                first = (str(exc).strip().splitlines() or [""])[0][:200]
-                raise ValueError(
-                    f"{path}: not readable encoder weights for {timm_name} ({type(exc).__name__}: {first})"
-                ) from None
+                problem = f"not readable encoder weights for {timm_name} ({type(exc).__name__}: {first_line(exc)})"
+                raise ValueError(f"{path}: {problem}") from None
         elif pretrained:
             try:
                 self.body = timm.create_model(timm_name, pretrained=True, **kwargs)

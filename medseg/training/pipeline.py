@@ -16,7 +16,7 @@ from medseg.models import PARTS
 from medseg.training.callbacks.progressive import Stage
 from medseg.training.sweep import record_sweep_result
 from medseg.training.tracking import log_run_summary
-from medseg.utils.checkpoint import SafeCheckpointIO, UnsafeCheckpoint, is_url, load_checkpoint
+from medseg.utils.checkpoint import SafeCheckpointIO, is_url, load_checkpoint, refuse_remote
 from medseg.utils.cli import USER_ERRORS
 from medseg.utils.io import atomic_path
 
@@ -57,9 +57,8 @@ def resume_path(ckpt_path: str | None, allow_remote: bool = False) -> str | None
     """The checkpoint to resume from; a run killed before its first checkpoint starts again from the beginning."""
     if not ckpt_path:
         return None
+    refuse_remote(ckpt_path, allow_remote)
     if is_url(ckpt_path):
-        if not allow_remote:
-            raise UnsafeCheckpoint(f"{ckpt_path}: refused: remote checkpoint (set allow_remote_checkpoints=true)")
         return str(ckpt_path)
     path = Path(ckpt_path).expanduser()
     if path.is_file():

@@ -7,6 +7,7 @@ from pathlib import Path
 import lightning as L
 from omegaconf import DictConfig
 
+from medseg.config import is_multirun
 from medseg.data.augment import size_pair
 from medseg.evaluation.results import RESULTS_FILE, append_result
 from medseg.utils.sizes import count_params_flops
@@ -15,9 +16,8 @@ from medseg.utils.sizes import count_params_flops
 def record_sweep_result(cfg: DictConfig, model: L.LightningModule, trainer: L.Trainer, metrics: dict) -> None:
     """In a Hydra multirun, append this job's summary to the sweep folder's results file (rank 0 only)."""
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN or trainer.global_rank != 0:
+    if not is_multirun() or trainer.global_rank != 0:
         return
     size = size_pair(cfg.data.image_size)
     params, gflops = count_params_flops(model.net, cfg.data.in_channels, size)  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from medseg.utils.cli import first_line
 from medseg.utils.io import atomic_path
 from medseg.utils.registry import UnsafeSpec, check_plain, lookup
 
@@ -37,13 +38,18 @@ def check_hyper_parameters(tree: Any, source: str, where: str) -> None:
         raise UnsafeCheckpoint(f"{source}: {exc}") from None
 
 
+def refuse_remote(path: str | os.PathLike, allow_remote: bool) -> None:
+    """Raise UnsafeCheckpoint for a remote PATH (scheme://...) unless ALLOW_REMOTE."""
+    if is_url(path) and not allow_remote:
+        raise UnsafeCheckpoint(f"{path}: refused: remote checkpoint (set allow_remote_checkpoints=true to load it)")
+
+
 def load_checkpoint(path: str | os.PathLike, allow_remote: bool = False, lightning: bool = True) -> dict:
     """A checkpoint loaded weights-only and validated: no pickles, no code named in its hyper-parameters.
 
     With LIGHTNING, it must be a Lightning checkpoint (a state_dict and hyper-parameters).
     """
-    if is_url(path) and not allow_remote:
-        raise UnsafeCheckpoint(f"{path}: refused: remote checkpoint (set allow_remote_checkpoints=true to load it)")
+    refuse_remote(path, allow_remote)
     if not is_url(path) and not Path(path).expanduser().is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
     try:
@@ -55,8 +61,7 @@ def load_checkpoint(path: str | os.PathLike, allow_remote: bool = False, lightni
         else:
             checkpoint = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle payloads, truncation, other formats
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {first[:200]})") from None
+        raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {first_line(exc)})") from None
     if not isinstance(checkpoint, dict) or (lightning and not isinstance(checkpoint.get("state_dict"), Mapping)):
         raise ValueError(f"{path}: not a Lightning checkpoint (no state_dict)")
     for key in ("hyper_parameters", "datamodule_hyper_parameters"):

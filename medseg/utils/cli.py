@@ -54,6 +54,11 @@ def progress(items: Iterable[T], total: int, description: str, every: float = 30
             last = now
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, at most LIMIT characters (library messages can hold tracebacks)."""
+    return (str(exc).strip().splitlines() or [""])[0].rstrip(":")[:limit]
+
+
 def one_line(exc: BaseException) -> str:
     """An exception as one line of text, its type named when the message alone would be unclear."""
     text = " ".join(str(exc).split()) or type(exc).__name__
