@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from medseg.data.checks import data_checks, number, positive_int, run_checks, size
@@ -139,3 +141,27 @@ def validate_config(cfg: DictConfig) -> None:
             "null, a positive integer or [height, width]",
         )
     run_checks(checks, lambda v: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v)
+
+
+class RunFolderCheck(Callback):
+    """Hydra callback: a run or sweep folder that cannot be written ends the command in one line, exit 2."""
+
+    @staticmethod
+    def _check(folder: str) -> None:
+        path = Path(folder)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / ".medseg-write-check"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            print(f"train.py: error: {path}: cannot write the run folder ({exc.strerror or exc})", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        """Check hydra.run.dir before Hydra sets up logging in it."""
+        self._check(config.hydra.run.dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        """Check hydra.sweep.dir before the first job."""
+        self._check(config.hydra.sweep.dir)

@@ -81,3 +81,35 @@ def test_arrows_point_from_later_stages_to_earlier_ones():
 def test_the_top_level_holds_at_most_six_modules():
     modules = sorted(p.name for p in PACKAGE.glob("*.py"))
     assert len(modules) <= 6, modules
+
+
+def test_every_target_in_the_config_tree_resolves():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import get_object
+    from omegaconf import OmegaConf
+
+    from medseg.config import CONFIG_DIR
+
+    GlobalHydra.instance().clear()
+    targets = set()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        for overrides in ([], ["logger=many", "callbacks=ema", "data=stream", "hparams_search=optuna"]):
+            cfg = OmegaConf.to_container(compose("config", overrides=overrides, return_hydra_config=True))
+
+            def walk(node) -> None:
+                if isinstance(node, dict):
+                    if isinstance(node.get("_target_"), str):
+                        targets.add(node["_target_"])
+                    for value in node.values():
+                        walk(value)
+                elif isinstance(node, list):
+                    for value in node:
+                        walk(value)
+
+            walk(cfg)
+    GlobalHydra.instance().clear()
+    medseg_targets = {t for t in targets if t.startswith("medseg.")}
+    assert "medseg.config.RunFolderCheck" in medseg_targets and len(medseg_targets) > 5
+    for target in medseg_targets:
+        assert get_object(target) is not None, target
