@@ -49,6 +49,8 @@ def test_mlflow_run_holds_the_config_and_the_metrics(make_cfg, tmp_path):
     assert len(history) == 2  # one value per epoch
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "config.yaml" in artifacts
+    for name in ("best", "last"):  # log_model=true: both checkpoints
+        assert f"{name}/{name}.ckpt" in {a.path for a in client.list_artifacts(run.info.run_id, name)}
     assert (tmp_path / "run" / "csv" / "metrics.csv").read_text().count("val/dice_mean") == 1
 
 
@@ -90,3 +92,22 @@ def test_runs_without_a_terminal_log_one_line_per_epoch(cache_dir, tmp_path):
         r"epoch (\d)/3 stage full train_loss [\d.]+ val_dice [\d.]+ lr [\d.e-]+ epoch \d+s elapsed [\d:]+ eta [\d:]+$"
     )
     assert [int(pattern.search(line).group(1)) for line in lines] == [1, 2, 3], lines
+
+
+@pytest.mark.parametrize("order", ["[mlflow,tensorboard]", "[tensorboard,mlflow]"])
+def test_the_image_grid_reaches_every_logger_in_any_order(make_cfg, tmp_path, order):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    overrides = [
+        f"logger={order}",
+        f"logger.mlflow.tracking_uri={uri}",
+        f"logger.mlflow.artifact_location={tmp_path}/a",
+    ]
+    short = [o for o in SHORT if o != "model.log_images=false"] + ["test=false"]
+    train(make_cfg([*overrides, *short], tmp_path / "run"))
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("train").experiment_id])
+    images = [a.path for a in client.list_artifacts(run.info.run_id, "val/prediction")]
+    assert len(images) == 2 and all(p.endswith(".png") for p in images), images  # one per validation
+    assert "val/prediction" in read_events(tmp_path / "run" / "tensorboard").Tags()["images"]

@@ -19,7 +19,7 @@ from medseg.models import PARTS
 from medseg.postprocess import class_indices, keep_largest
 from medseg.utils.checkpoint import load_checkpoint
 from medseg.utils.registry import build, check_arguments
-from medseg.utils.visualize import overlay_grid
+from medseg.utils.visualize import overlay_grid, to_uint8
 
 
 def _plain(cfg):
@@ -153,12 +153,16 @@ class SegmentationModule(L.LightningModule):
         self._log_metrics(self.test_metrics, "test")
 
     def _log_image_grid(self, batch: dict, pred: torch.Tensor) -> None:
-        experiment = getattr(self.logger, "experiment", None)
-        if experiment is None or not hasattr(experiment, "add_image"):
-            return
+        """The input / truth / prediction grid to every logger that takes images (TensorBoard, MLflow)."""
         images, masks, preds = (t[:4].detach().float().cpu().numpy() for t in (batch["image"], batch["mask"], pred))
         grid = overlay_grid(images, masks, preds)
-        experiment.add_image("val/prediction", grid, self.global_step)
+        for logger in self.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_image"):  # TensorBoard's SummaryWriter
+                experiment.add_image("val/prediction", grid, self.global_step)
+            elif hasattr(experiment, "log_image") and getattr(logger, "run_id", None):  # MLflow's client
+                name = f"val/prediction/step_{self.global_step:06d}.png"
+                experiment.log_image(logger.run_id, to_uint8(grid), artifact_file=name)
 
     def configure_optimizers(self):
         """Optimizer and optional scheduler from their (partial) configs."""

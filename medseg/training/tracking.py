@@ -41,4 +41,13 @@ def log_run_summary(cfg: DictConfig, loggers: list[Logger], metrics: dict, confi
                 logger.log_metrics(final)
             if cfg.logger.mlflow.get("log_model") and config_file.is_file():
                 logger.experiment.log_artifact(logger.run_id, str(config_file))
+                log_checkpoints(logger, config_file.parent / "checkpoints")
         logger.save()
+
+
+def log_checkpoints(logger: MLFlowLogger, folder: Path) -> None:
+    """Every checkpoint of the run (best.ckpt, last.ckpt) as an artifact `<stem>/<file>`, unless already logged."""
+    for path in sorted(folder.glob("*.ckpt")):
+        logged = {a.path for a in logger.experiment.list_artifacts(logger.run_id, path.stem)}
+        if f"{path.stem}/{path.name}" not in logged:
+            logger.experiment.log_artifact(logger.run_id, str(path), artifact_path=path.stem)
