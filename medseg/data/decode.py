@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from medseg.data.dicom import SliceMeta, read_slice
+from medseg.data.dicom import SliceMeta, read_frames, read_slice
 from medseg.data.index import Sample
 from medseg.data.labels import nifti_slice, read_png, seg_slice
 
@@ -25,13 +25,23 @@ def load_image_meta(sample: Sample, in_channels: int, window=None) -> tuple[np.n
         image, meta = read_slice(sample.image, window, frame=sample.frame)
     else:
         image = read_image(sample.image, in_channels)
+    return model_input(image, sample.image, in_channels), meta
+
+
+def load_dicom_frames(path: Path, in_channels: int, window=None) -> list[np.ndarray]:
+    """Every frame of a DICOM file, decoded once, as model inputs float32 [H, W, C] in [0, 1]."""
+    return [model_input(image, path, in_channels) for image, _ in read_frames(path, window)]
+
+
+def model_input(image: np.ndarray, path: Path, in_channels: int) -> np.ndarray:
+    """A decoded image as [H, W, IN_CHANNELS] (grey repeated, colour averaged); NaN or inf refused naming PATH."""
     if not np.isfinite(image).all():
-        raise ValueError(f"{sample.image}: pixel data hold NaN or infinite values")
+        raise ValueError(f"{path}: pixel data hold NaN or infinite values")
     if image.ndim == 2:
         image = image[..., None]
     if image.shape[-1] != in_channels:
         image = np.repeat(image[..., :1], in_channels, axis=-1) if in_channels == 3 else image.mean(-1, keepdims=True)
-    return image, meta
+    return image
 
 
 def read_image(path: Path, in_channels: int) -> np.ndarray:

@@ -19,7 +19,7 @@ import pydicom
 from PIL import Image
 
 from medseg import __version__
-from medseg.data.decode import load_image
+from medseg.data.decode import load_dicom_frames, load_image
 from medseg.data.dicom import slice_position
 from medseg.data.index import IMAGE_SUFFIXES, Sample
 from medseg.deploy.predictor import Predictor
@@ -145,11 +145,6 @@ def write_nifti(sources: Sequence[Path], masks: Sequence[np.ndarray], out: Path)
     return path
 
 
-def series_frames(items: Sequence[tuple[Path, pydicom.Dataset]]) -> list[tuple[Path, int]]:
-    """Every (file, frame) of a sorted series: each frame of a multi-frame object is a slice."""
-    return [(path, frame) for path, ds in items for frame in range(int(ds.get("NumberOfFrames", 1) or 1))]
-
-
 def predict(
     model: str | Path | Sequence[str | Path],
     source: str | Path,
@@ -164,44 +159,19 @@ def predict(
     Output names are keyed pseudonyms (of the series UID, or of an image's path below SOURCE) unless KEEP_NAMES.
     """
     predictor = Predictor(model, **options)
-    info = predictor.info
     out, source = Path(out), Path(source)
     files = find_inputs(source)
     register_source(source if source.is_dir() else source.parent)
     dicoms = [p for p in files if p.suffix.lower() == ".dcm"]
     images = [p for p in files if p.suffix.lower() != ".dcm"]
-    segs: list[Path] = []
+    written: list[Path] = []
     skipped: list[tuple[Path, str]] = []
     predicted = 0
     for uid, items in group_series(dicoms, skipped).items():
-        masks: list[np.ndarray] = []
-        sources: list[Path] = []
-        frames = series_frames(items)
-        for path, frame in progress(frames, len(frames), f"series {pseudonym(uid)}"):
-            try:
-                image = load_image(Sample(path, path, "", "dicom", frame), info.in_channels, info.window)
-            except ValueError as exc:  # no pixel data, undecodable
-                _skip(skipped, path, str(exc).split(": ", 1)[-1])
-                continue
-            masks.append(predictor.segment(image, policy))
-            save_mask_and_overlay(image, masks[-1], out, f"{pseudonym(uid)}_{len(masks) - 1:04d}")
-            if path not in sources:
-                sources.append(path)
-        predicted += len(masks)
-        if not sources:
-            continue
-        try:
-            segs.append(write_seg(sources, masks, info.class_names, out))
-        except Exception as exc:  # e.g. sources without the geometry a SEG needs
-            log.warning("series %s: no DICOM SEG written (%s)", pseudonym(uid), exc)
-        if nifti:
-            try:
-                segs.append(write_nifti(sources, masks, out))
-            except (AttributeError, ValueError) as exc:  # no slice geometry (e.g. an enhanced multi-frame object)
-                log.warning("series %s: no NIfTI written (%s)", pseudonym(uid), exc)
+        predicted += predict_series(predictor, uid, [p for p, _ in items], out, policy, nifti, skipped, written)
     for path in progress(images, len(images), "images"):
         try:
-            image = load_image(Sample(path, path, "", "image"), info.in_channels)
+            image = load_image(Sample(path, path, "", "image"), predictor.info.in_channels)
         except ValueError as exc:
             _skip(skipped, path, str(exc).split(": ", 1)[-1])
             continue
@@ -211,7 +181,46 @@ def predict(
         log.warning("%d input files skipped (see the lines above)", len(skipped))
     if not predicted:
         raise ValueError(f"{source}: none of its {len(files)} input files could be read (see the lines above)")
-    return segs
+    return written
+
+
+def predict_series(
+    predictor: Predictor,
+    uid: str,
+    paths: Sequence[Path],
+    out: Path,
+    policy: str,
+    nifti: bool,
+    skipped: list,
+    written: list[Path],
+) -> int:
+    """Segment every frame of one sorted series (each file decoded once); its SEG (and NIfTI) go to WRITTEN.
+    Returns the number of slices predicted."""
+    info, name = predictor.info, pseudonym(uid)
+    masks: list[np.ndarray] = []
+    sources: list[Path] = []
+    for path in progress(paths, len(paths), f"series {name}"):
+        try:
+            frames = load_dicom_frames(path, info.in_channels, info.window)
+        except ValueError as exc:  # no pixel data, undecodable
+            _skip(skipped, path, str(exc).split(": ", 1)[-1])
+            continue
+        for image in frames:
+            masks.append(predictor.segment(image, policy))
+            save_mask_and_overlay(image, masks[-1], out, f"{name}_{len(masks) - 1:04d}")
+        sources.append(path)
+    if not sources:
+        return 0
+    try:
+        written.append(write_seg(sources, masks, info.class_names, out))
+    except Exception as exc:  # e.g. sources without the geometry a SEG needs
+        log.warning("series %s: no DICOM SEG written (%s)", name, exc)
+    if nifti:
+        try:
+            written.append(write_nifti(sources, masks, out))
+        except (AttributeError, ValueError) as exc:  # no slice geometry (e.g. an enhanced multi-frame object)
+            log.warning("series %s: no NIfTI written (%s)", name, exc)
+    return len(masks)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -49,6 +49,7 @@ class Predictor:
                 views = resolve_tta(info.tta, tta, baked=info.tta)
             except ValueError as exc:
                 raise ValueError(f"{self.path}: {exc}") from None
+            self._input_name = self.session.get_inputs()[0].name
             self._run = self._run_session
         else:
             self.session = None
@@ -58,7 +59,7 @@ class Predictor:
         self.keep = class_indices(self.info.keep_largest, self.info.class_names)
 
     def _run_session(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.session.get_inputs()[0].name: batch})[0]
+        return self.session.run(None, {self._input_name: batch})[0]
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """Logits [B, K, H, W] for images [B, C, H, W] (view-averaged, ensembled as configured)."""
