@@ -14,6 +14,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from medseg.data.checks import data_checks, number, positive_int, run_checks, size
+from medseg.utils.cli import RUN_PLUMBING
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -21,6 +22,30 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 def total_epochs(stages) -> int:
     """Sum of the stages' epochs (the trainer's max_epochs)."""
     return int(sum(int(s["epochs"]) for s in stages))
+
+
+def schedule_cut(cfg: DictConfig) -> str | None:
+    """What an overridden `trainer.max_epochs` does to the stage schedule, in one line; None when it runs whole.
+
+    Fewer epochs than the stages' sum cut the schedule (the stage cut is named); more extend the last stage."""
+    stages, epochs = cfg.stage.stages, int(cfg.trainer.max_epochs)
+    planned = total_epochs(stages)
+    if epochs == planned:
+        return None
+    if epochs > planned:
+        return f"trainer.max_epochs={epochs} runs the last stage ({stages[-1].name}) {epochs - planned} epochs longer"
+    end = 0
+    for i, stage in enumerate(stages):
+        end += int(stage.epochs)
+        if epochs < end:
+            ran = int(stage.epochs) - (end - epochs)
+            skipped = [str(s.name) for s in stages[i + 1 :]]
+            rest = f"; stages {', '.join(skipped)} do not run" if skipped else ""
+            return (
+                f"trainer.max_epochs={epochs} cuts stage.stages.{i} ({stage.name}) after {ran} of its "
+                f"{stage.epochs} epochs{rest}"
+            )
+    return None
 
 
 _NUMERIC_GROUP = re.compile(r"^(\+{0,2}stage)=([0-9][0-9,]*)$")
@@ -67,11 +92,14 @@ def is_multirun() -> bool:
 
 
 def run_name(output_dir: str) -> str:
-    """A tracker's name for this run: `<job number>: <overrides>` in a multirun, else the run folder's name."""
+    """A tracker's name for this run: `<job number>: <overrides>` in a multirun, else its overrides (run
+    plumbing left out: paths, loggers, resume), else the run folder's name."""
     if is_multirun():
         job = HydraConfig.get().job
         return f"{job.num}: {job.override_dirname}"
-    return Path(output_dir).name
+    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    chosen = " ".join(o for o in overrides if not o.startswith(RUN_PLUMBING))
+    return chosen[:250] or Path(output_dir).name
 
 
 def run_group(default: str) -> str:

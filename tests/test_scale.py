@@ -86,6 +86,8 @@ def test_backbone_multirun_and_report(cache_dir, tmp_path, capsys):
         with Image.open(sweep / name) as image:
             image.verify()
             assert image.format == "PNG"
+    page = (sweep / "report.html").read_text()
+    assert page.count("<img") == 2 and "<td>resnet18</td>" in page and "<td>mobilenetv3</td>" in page
 
 
 def test_model_table_counts_real_flops(capsys):

@@ -18,7 +18,7 @@ from medseg.data.augment import STRENGTHS, build_augmentation, size_pair
 from medseg.data.cache import DecodeCache
 from medseg.data.dataset import SliceDataset, seed_worker_augmentation
 from medseg.data.decode import MaskValueError, fit_to_size, load_image_meta, load_mask
-from medseg.data.index import Sample, index_dicom, index_folder
+from medseg.data.index import Sample, index_dicom, index_folder, source_fingerprint
 from medseg.data.split import fold_split, split_patients, subset_patients
 from medseg.data.synthetic import CLASS_NAMES as DEMO_CLASSES
 from medseg.data.synthetic import ensure_demo_dataset
@@ -287,6 +287,12 @@ class SegmentationDataModule(SplitLoaders, L.LightningDataModule):
         }
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(payload, indent=1))
+
+    def dataset_record(self) -> dict[str, str]:
+        """The data a tracker records: name (the data folder's), digest (of the source files) and source."""
+        samples = [s for items in self.splits.values() for s in items]
+        name = self.root.name if self.hparams.root else "demo"
+        return {"name": name, "digest": source_fingerprint(samples)[:16], "source": str(self.root)}
 
     def train_samples(self) -> list[Sample]:
         """Training samples of the current data_fraction (a nested, stable subset of patients)."""

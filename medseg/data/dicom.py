@@ -118,7 +118,7 @@ def _colour(ds: pydicom.Dataset, arr: np.ndarray) -> np.ndarray:
     return (arr.astype(np.float64) / (2 ** int(ds.BitsStored) - 1)).clip(0, 1).astype(np.float32)
 
 
-def _geometry(ds: pydicom.Dataset, frame: int):
+def frame_geometry(ds: pydicom.Dataset, frame: int):
     """(pixel spacing, position, orientation) of a frame, from per-frame groups or the top level."""
     measures = _frame_item(ds, frame, "PixelMeasuresSequence")
     position = _frame_item(ds, frame, "PlanePositionSequence")
@@ -167,7 +167,7 @@ def read_frames(path: str | Path, window=None, voi_index: int = 0, frames=None) 
                 image = 1.0 - image
         else:
             image, used = _colour(ds, arr), None
-        spacing, ipp, iop = _geometry(ds, index)
+        spacing, ipp, iop = frame_geometry(ds, index)
         meta = SliceMeta(
             patient_id=str(ds.get("PatientID", "")),
             series_uid=str(ds.get("SeriesInstanceUID", "")),

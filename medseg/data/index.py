@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pydicom
 
+from medseg.data.series import SliceRef, assemble_series
+
+from medseg.data.dicom import frame_geometry
 from medseg.data.labels import find_label, label_key, label_lookups, masks_by_stem
 from medseg.utils.privacy import register_source
 
@@ -26,6 +30,8 @@ class Sample:
     patient: str
     kind: str  # "dicom" or "image"
     frame: int = 0
+    series: str = ""  # the series (volume) it belongs to; "" for a 2-D image
+    slice_index: int = 0  # its place in the series along the slice normal
 
 
 def patient_key(ds: pydicom.Dataset, path: Path) -> tuple[str, bool]:
@@ -52,7 +58,7 @@ def index_dicom(root: str | Path, strict: bool = False) -> list[Sample]:
     root = Path(root)
     register_source(root)
     lookups = label_lookups(root / "masks")
-    samples, skipped, fallback = [], 0, 0
+    samples, refs, skipped, fallback = [], [], 0, 0
     for path in sorted((root / "images").rglob("*.dcm")):
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
@@ -70,6 +76,7 @@ def index_dicom(root: str | Path, strict: bool = False) -> list[Sample]:
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         relative = label_key(path, root)
         for frame in range(frames):
+            refs.append(slice_ref(ds, path, frame))
             mask = find_label(lookups, path, frame, frames, str(ds.get("SOPInstanceUID", "")), relative)
             if mask is not None:
                 samples.append(Sample(path, mask, patient, "dicom", frame))
@@ -80,7 +87,26 @@ def index_dicom(root: str | Path, strict: bool = False) -> list[Sample]:
     if not samples:
         raise FileNotFoundError(f"{root}: no DICOM frames under images/ with a label under masks/")
     check_unique_pairing(samples)
-    return samples
+    return in_series(samples, refs)
+
+
+def slice_ref(ds: pydicom.Dataset, path: Path, frame: int) -> SliceRef:
+    """The geometry of one frame, as series assembly takes it."""
+    spacing, position, orientation = frame_geometry(ds, frame)
+    instance = int(ds.get("InstanceNumber", 0) or 0)
+    uid = str(ds.get("SeriesInstanceUID", ""))
+    return SliceRef(path, frame, uid, position, orientation, spacing, instance)  # type: ignore[arg-type]
+
+
+def in_series(samples: list[Sample], refs: list[SliceRef]) -> list[Sample]:
+    """SAMPLES with their series and place in it (assembled from every frame REFS holds, labelled or not),
+    in their order (file path); 2-D images keep series ''."""
+    place: dict[tuple[Path, int], tuple[str, int]] = {}
+    for series in assemble_series(refs):
+        volume = len(series.slices) > 1 and series.spacing is not None
+        for i, ref in enumerate(series.slices):
+            place[ref.path, ref.frame] = (series.key if volume else "", i if volume else 0)
+    return [replace(s, series=place[s.image, s.frame][0], slice_index=place[s.image, s.frame][1]) for s in samples]
 
 
 def check_unique_pairing(samples: list[Sample]) -> None:
@@ -114,3 +140,12 @@ def index_folder(root: str | Path, patient_regex: str = r"^(.*)$") -> list[Sampl
     if not samples:
         raise FileNotFoundError(f"{root}: no images/NAME.(png|jpg) with a matching masks/NAME.png")
     return samples
+
+
+def source_fingerprint(samples: list[Sample]) -> str:
+    """SHA-256 over every image and label file's path, size and modification time."""
+    digest = hashlib.sha256()
+    for path in sorted({p for s in samples for p in (s.image, s.mask)}):
+        stat = path.stat()
+        digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()

@@ -13,7 +13,6 @@ settings does nothing. Train with `python train.py data=stream data.root=OUT`.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import math
@@ -32,7 +31,7 @@ import yaml
 from medseg.data.checks import data_checks, run_checks
 from medseg.data.datamodule import SegmentationDataModule
 from medseg.data.decode import MaskValueError
-from medseg.data.index import Sample
+from medseg.data.index import Sample, source_fingerprint
 from medseg.data.prepared import FORMAT_VERSION, METADATA, SPLITS, file_sha256, read_metadata, verify_chunks
 from medseg.data.split import subset_patients
 from medseg.utils.cli import run_cli
@@ -94,15 +93,6 @@ def encode_item(item: Item, decode, dtype: str) -> dict | None:
     }
 
 
-def fingerprint(samples: Sequence[Sample]) -> str:
-    """SHA-256 over every image and label file's path, size and modification time."""
-    digest = hashlib.sha256()
-    for path in sorted({p for s in samples for p in (s.image, s.mask)}):
-        stat = path.stat()
-        digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
-
-
 def _chunks(folder: Path) -> list[dict]:
     """The chunk files of one split with their sizes, as index.json lists them."""
     index = json.loads((folder / "index.json").read_text())
@@ -157,7 +147,7 @@ def prepare(
     settings["image_size"] = list(dm.image_size)
     settings["class_names"] = list(settings["class_names"])
     settings["split"] = list(settings["split"])
-    source = fingerprint([s for items in dm.splits.values() for s in items])
+    source = source_fingerprint([s for items in dm.splits.values() for s in items])
     current = read_metadata(out) if (out / METADATA).is_file() else None
     if current and current["settings"] == json.loads(json.dumps(settings)) and current["source"] == source:
         if all(verify_chunks(out, name, current) is None for name in SPLITS):

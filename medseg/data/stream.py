@@ -113,6 +113,11 @@ class StreamDataModule(SplitLoaders, L.LightningDataModule):
             if problem:
                 raise ValueError(problem)
 
+    def dataset_record(self) -> dict[str, str]:
+        """The data a tracker records: name (the prepared folder's), digest (of its sources) and source."""
+        name = self.root.rstrip("/").rsplit("/", 1)[-1]
+        return {"name": name, "digest": self.meta["source"][:16], "source": self.root}
+
     def train_items(self) -> int:
         """Items of the current data_fraction of the labelled patients: the first patients' slices in subset order."""
         counts = self.meta["splits"]["train"]["patient_items"]

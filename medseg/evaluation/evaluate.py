@@ -79,7 +79,7 @@ def evaluate(
     _write_csv(out / "cases.csv", rows)
     _write_csv(out / "summary.csv", summary_rows(rows, classes, whole.compute()))
     for score, name, image, target, pred in sorted(cases, key=lambda c: c[0])[:worst]:
-        grid = overlay_grid(image.transpose(2, 0, 1)[None], target[None], pred[None])
+        grid = overlay_grid(image.transpose(2, 0, 1)[None], target[None], pred[None], classes)
         with atomic_path(out / "worst" / f"{score:.3f}_{name}.png") as tmp:
             Image.fromarray(to_uint8(grid)).save(tmp, format="PNG")
     return rows

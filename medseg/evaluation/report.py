@@ -1,7 +1,9 @@
-"""Sweep reports and model tables.
+"""Run and sweep reports and model tables.
 
-medseg-report MULTIRUN_DIR      markdown table of a sweep + PNG plots (Dice vs params, val Dice curves);
-                                a sweep over data.fold also gets mean +- std per configuration across folds
+medseg-report RUN_DIR           report.html: config, curves, per-class test table, worst test cases
+medseg-report MULTIRUN_DIR      markdown table of a sweep + PNG plots (Dice vs params, val Dice curves) and
+                                report.html with both; a sweep over data.fold also gets mean +- std per
+                                configuration across folds
 medseg-report --models          params and GFLOPs of the four PSPNets at 512x512
 """
 
@@ -14,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.evaluation.results import read_results
-from medseg.utils.io import atomic_path
+from medseg.evaluation.results import RESULTS_FILE, read_results
+from medseg.evaluation.run_page import image_tag, markdown_html, run_report, save_figure, write_page
+from medseg.utils.cli import RUN_PLUMBING, run_cli
 from medseg.utils.sizes import count_params_flops
 
 log = logging.getLogger(__name__)
@@ -50,9 +53,8 @@ def sweep_table(records: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-# overrides left out of a fold's configuration: the fold itself, and what drives or logs a run without changing
-# what it trains (a resumed fold is the same configuration)
-RUN_CONTROL = ("data.fold=", "ckpt_path=", "hydra.", "callbacks.progress_bar=", "model.log_images=", "logger")
+# overrides left out of a fold's configuration: the fold itself and the run plumbing (a resumed fold is the same)
+RUN_CONTROL = ("data.fold=", *RUN_PLUMBING)
 
 
 def fold_table(records: Sequence[dict]) -> str:
@@ -112,7 +114,7 @@ def plot_sweep(records: Sequence[dict], out_dir: str | Path) -> list[Path]:
         ax.scatter(r["params"] / 1e6, r.get("val_dice") or 0.0)
         ax.annotate(r["backbone"], (r["params"] / 1e6, r.get("val_dice") or 0.0), fontsize=8)
     ax.set(xlabel="parameters (M)", ylabel="val mean Dice", title="Dice vs model size")
-    paths = [_save(fig, out_dir / "dice_vs_params.png")]
+    paths = [save_figure(fig, out_dir / "dice_vs_params.png")]
     fig, ax = plt.subplots(figsize=(5, 4))
     for r in records:
         curve = val_curve(r["run_dir"])
@@ -121,38 +123,47 @@ def plot_sweep(records: Sequence[dict], out_dir: str | Path) -> list[Path]:
     ax.set(xlabel="step", ylabel="val mean Dice", title="validation Dice")
     if ax.lines:
         ax.legend(fontsize=8)
-    paths.append(_save(fig, out_dir / "val_dice_curves.png"))
+    paths.append(save_figure(fig, out_dir / "val_dice_curves.png"))
     return paths
 
 
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
-    plt.close(fig)
-    return path
+def sweep_report(multirun_dir: Path) -> Path:
+    """Print a sweep's table (and fold table), write its plots and report.html; returns the page's path."""
+    records = read_results(multirun_dir)
+    rows, folds = sweep_table(records), fold_table(records)
+    print(rows + (f"\n\n{folds}" if folds else ""))
+    plots = plot_sweep(records, multirun_dir)
+    sections = [("Sweep", markdown_html(rows))]
+    if folds:
+        sections.append(("Folds", markdown_html(folds)))
+    sections.append(("Plots", "".join(image_tag(p, p.stem) for p in plots)))
+    return write_page(multirun_dir / "report.html", f"medseg sweep {multirun_dir.name}", sections)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(prog="medseg-report", description="Summarise a sweep or list model sizes.")
-    parser.add_argument("multirun_dir", nargs="?", type=Path)
+    parser = argparse.ArgumentParser(prog="medseg-report", description="Report a run or a sweep; list model sizes.")
+    parser.add_argument("folder", nargs="?", type=Path, help="a run folder or a multirun (sweep) folder")
     parser.add_argument("--models", action="store_true", help="print params and GFLOPs of the four PSPNets")
     parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--worst", type=int, default=4, help="worst test cases shown on a run's page")
+    parser.add_argument("--debug", action="store_true", help="full tracebacks")
     args = parser.parse_args(argv)
     if args.models:
         print(model_table(args.size))
-    if args.multirun_dir:
-        records = read_results(args.multirun_dir)
-        print(sweep_table(records))
-        folds = fold_table(records)
-        if folds:
-            print(f"\n{folds}")
-        for path in plot_sweep(records, args.multirun_dir):
-            print(f"wrote {path}")
-    if not (args.models or args.multirun_dir):
-        parser.error("give a MULTIRUN_DIR, --models, or both")
+    if args.folder:
+        run_cli("medseg-report", args.debug, lambda: print(f"wrote {report(args.folder, args.worst)}"))
+    if not (args.models or args.folder):
+        parser.error("give a RUN_DIR or MULTIRUN_DIR, --models, or both")
+
+
+def report(folder: Path, worst: int = 4) -> Path:
+    """report.html of a run folder (it holds config.yaml) or of a sweep folder."""
+    if (folder / "config.yaml").is_file() and not (folder / RESULTS_FILE).is_file():
+        return run_report(folder, worst)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such run or sweep folder")
+    return sweep_report(folder)
 
 
 if __name__ == "__main__":

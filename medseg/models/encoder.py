@@ -64,6 +64,7 @@ class Encoder(nn.Module):
         if depth is not None:
             _drop_unused_blocks(self.body)
         self.out_channels: int = self.body.feature_info.channels()[-1]
+        self.depth: int = depth or len(self.body.feature_info)  # type: ignore[arg-type]  # stages used
         self.output_stride: int = self.body.feature_info.reduction()[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

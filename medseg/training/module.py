@@ -60,7 +60,8 @@ class SegmentationModule(L.LightningModule):
         keep_largest: dict[str, int] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters({k: _plain(v) for k, v in locals().items() if k not in ("self", "__class__")})
+        arguments = {k: _plain(v) for k, v in locals().items() if k not in ("self", "__class__")}
+        self.save_hyperparameters(arguments, logger=False)  # train() logs the whole resolved config once
         self.class_names = list(class_names)
         self.frozen_parts: tuple[str, ...] = ()
         self.tta = check_tta(tta)
@@ -76,6 +77,7 @@ class SegmentationModule(L.LightningModule):
             self._set_weights(torch.as_tensor(list(class_weights), dtype=torch.float32))
         self.val_metrics = segmentation_metrics(num_classes, prefix="val/")
         self.test_metrics = self.val_metrics.clone(prefix="test/")
+        self.best_val_dice = float("-inf")  # running best of val/dice_mean, kept in the checkpoint
 
     def _set_weights(self, weights: torch.Tensor) -> None:
         self.class_weights.copy_(weights)
@@ -91,9 +93,14 @@ class SegmentationModule(L.LightningModule):
                 f"class weights from training pixel counts: {[round(w, 3) for w in self.class_weights.tolist()]}"
             )
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep the running best validation Dice with the run."""
+        checkpoint["best_val_dice"] = self.best_val_dice
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Class weights come back with the state dict: do not recompute them."""
         self._weights_set = True
+        self.best_val_dice = float(checkpoint.get("best_val_dice", float("-inf")))
         set_class_weights(self.criterion, self.class_weights)  # type: ignore[arg-type]
 
     def set_trainable(self, parts: Sequence[str]) -> None:
@@ -133,10 +140,14 @@ class SegmentationModule(L.LightningModule):
         update_ignoring(metrics, pred, batch["mask"], self.hparams.ignore_index)
         return pred
 
-    def _log_metrics(self, metrics: MetricCollection, prefix: str) -> None:
-        for name, value in foreground_scores(metrics.compute(), self.class_names, f"{prefix}/").items():
-            self.log(name, value, prog_bar=name == f"{prefix}/dice_mean")
+    def _log_metrics(self, metrics: MetricCollection, prefix: str) -> dict:
+        scores = foreground_scores(metrics.compute(), self.class_names, f"{prefix}/")
+        one_class = len(self.class_names) == 2  # the mean repeats the one class: monitored, not charted
+        for name, value in scores.items():
+            mean = name.endswith("_mean")
+            self.log(name, value, prog_bar=name == f"{prefix}/dice_mean", logger=not (mean and one_class))
         metrics.reset()
+        return scores
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         pred = self._evaluate(batch, self.val_metrics, "val")
@@ -144,7 +155,11 @@ class SegmentationModule(L.LightningModule):
             self._log_image_grid(batch, pred)
 
     def on_validation_epoch_end(self) -> None:
-        self._log_metrics(self.val_metrics, "val")
+        dice = float(self._log_metrics(self.val_metrics, "val")["val/dice_mean"])
+        if not self.trainer.sanity_checking:
+            self.best_val_dice = max(self.best_val_dice, dice) if dice == dice else self.best_val_dice
+            if self.best_val_dice > float("-inf"):
+                self.log("val/dice_best", self.best_val_dice)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, self.test_metrics, "test", final=True)
@@ -155,7 +170,7 @@ class SegmentationModule(L.LightningModule):
     def _log_image_grid(self, batch: dict, pred: torch.Tensor) -> None:
         """The input / truth / prediction grid to every logger that takes images (TensorBoard, MLflow)."""
         images, masks, preds = (t[:4].detach().float().cpu().numpy() for t in (batch["image"], batch["mask"], pred))
-        grid = overlay_grid(images, masks, preds)
+        grid = overlay_grid(images, masks, preds, self.class_names)
         for logger in self.loggers:
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_image"):  # TensorBoard's SummaryWriter

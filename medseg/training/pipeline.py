@@ -11,11 +11,11 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from medseg.config import validate_config  # also registers the resolvers
+from medseg.config import schedule_cut, validate_config  # also registers the resolvers
 from medseg.models import PARTS
 from medseg.training.callbacks.progressive import Stage
 from medseg.training.sweep import record_sweep_result
-from medseg.training.tracking import log_run_summary
+from medseg.training.tracking import DatasetRecord, log_config, log_run_summary
 from medseg.utils.checkpoint import SafeCheckpointIO, is_url, load_checkpoint, refuse_remote
 from medseg.utils.cli import USER_ERRORS
 from medseg.utils.io import atomic_path
@@ -95,8 +95,11 @@ def train(cfg: DictConfig) -> tuple[float | None, dict]:
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate_user(cfg.data, _convert_="all")
     model = instantiate_user(cfg.model, _recursive_=False)
-    callbacks = instantiate_dict(cfg.get("callbacks"))
+    callbacks = [*instantiate_dict(cfg.get("callbacks")), DatasetRecord()]
     loggers = instantiate_dict(cfg.get("logger"))
+    cut = schedule_cut(cfg)
+    if cut:
+        log.warning("%s", cut)
     remote = bool(cfg.get("allow_remote_checkpoints"))
     ckpt_path = resume_path(cfg.get("ckpt_path"), remote)
     plugins = [SafeCheckpointIO(allow_remote=remote)]
@@ -107,8 +110,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict]:
     elif not ckpt_path and set(first.trainable) != set(PARTS):
         frozen = sorted(set(PARTS) - set(first.trainable))
         log.warning("stage %s freezes %s without init_from: those parts keep their initial weights", first.name, frozen)
-    for logger in trainer.loggers:  # every tracker gets the whole resolved config
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    log_config(cfg, trainer.loggers)
     start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -121,7 +123,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict]:
         test = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update({k: float(v) for k, v in (test[0] if test else {}).items()})
     if trainer.global_rank == 0:
-        log_run_summary(cfg, loggers, metrics, Path(cfg.paths.output_dir) / "config.yaml")
+        log_run_summary(cfg, trainer, model, metrics)
     record_sweep_result(cfg, model, trainer, metrics)
     name = cfg.get("optimized_metric", "")
     return metrics.get(f"best/{name}", metrics.get(name)), metrics

@@ -23,6 +23,10 @@ log = logging.getLogger("medseg.progress")
 USER_ERRORS = (ValueError, OSError, KeyError, TypeError, RuntimeError, OmegaConfBaseException)
 
 
+# overrides that drive or log a run without changing what it trains
+RUN_PLUMBING = ("ckpt_path=", "hydra.", "paths.", "callbacks.progress_bar=", "model.log_images=", "logger")
+
+
 def run_cli(prog: str, debug: bool, action: Callable[[], T]) -> T:
     """Run ACTION; a user error prints `PROG: error: <one line>` and exits 2 (full traceback with DEBUG)."""
     if debug or os.environ.get("HYDRA_FULL_ERROR") == "1":

@@ -66,7 +66,8 @@ def lookup(name: object) -> Callable | None:
 
 
 def check_plain(tree: Any, where: str) -> None:
-    """Raise UnsafeSpec unless TREE is plain data (str, numbers, bool, None, lists and str-keyed dicts of them)
+    """Raise UnsafeSpec unless TREE is plain data (str, numbers, bool, None, lists and str- or int-keyed dicts
+    of them, e.g. `data.mask_mapping`)
     with no OmegaConf interpolation and only registered `_target_` names."""
     if isinstance(tree, str):
         if INTERPOLATION in tree:
@@ -78,10 +79,10 @@ def check_plain(tree: Any, where: str) -> None:
                 "torch optimizer or LR scheduler"
             )
         for key, value in tree.items():
-            if not isinstance(key, str):
+            if not isinstance(key, str | int) or isinstance(key, bool):
                 raise UnsafeSpec(f"refused: {where} has a key of type {type(key).__name__}")
-            check_plain(key, where)
-            check_plain(value, f"{where}.{key}" if where else key)
+            check_plain(str(key), where)
+            check_plain(value, f"{where}.{key}" if where else str(key))
     elif isinstance(tree, list | tuple):
         for i, value in enumerate(tree):
             check_plain(value, f"{where}[{i}]")

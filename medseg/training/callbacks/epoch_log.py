@@ -42,7 +42,8 @@ def remaining_seconds(
 
 
 class EpochLog(Callback):
-    """Logs epoch/max, stage, train loss, val Dice, lr, epoch seconds, elapsed and ETA after each epoch."""
+    """Logs epoch/max, stage, train loss, val Dice, lr, epoch seconds, elapsed and ETA after each epoch; charts
+    `time/epoch_s` (training and validation) and `time/img_per_s` (training images per second of training)."""
 
     def __init__(self, only_without_terminal: bool = True) -> None:
         self.only_without_terminal = only_without_terminal
@@ -50,6 +51,7 @@ class EpochLog(Callback):
         self._stage_seconds: dict[int, float] = defaultdict(float)  # of the epochs this process ran, per stage
         self._stage_epochs: dict[int, int] = defaultdict(int)
         self._loss_sum, self._batches, self._lr = 0.0, 0, float("nan")
+        self._images, self._epoch_val_start = 0, 0.0
 
     @property
     def active(self) -> bool:
@@ -64,7 +66,7 @@ class EpochLog(Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_start = time.perf_counter()
-        self._loss_sum, self._batches = 0.0, 0
+        self._loss_sum, self._batches, self._images, self._epoch_val_start = 0.0, 0, 0, self._val_seconds
         self._lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -75,6 +77,7 @@ class EpochLog(Callback):
             self._val_seconds += time.perf_counter() - self._val_start
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        self._images += len(batch["image"]) if isinstance(batch, dict) and "image" in batch else 0
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if loss is not None:
             self._loss_sum += float(loss)
@@ -86,6 +89,11 @@ class EpochLog(Callback):
         index = schedule.stage_index(trainer.current_epoch) if schedule else 0
         self._stage_seconds[index] += now - self._fit_start - sum(self._stage_seconds.values())  # this epoch's
         self._stage_epochs[index] += 1
+        seconds = now - self._epoch_start
+        training = seconds - (self._val_seconds - self._epoch_val_start)
+        pl_module.log("time/epoch_s", seconds)
+        if self._images and training > 0:
+            pl_module.log("time/img_per_s", self._images / training)
         if not self.active or trainer.global_rank != 0:
             return
         epoch, total = trainer.current_epoch + 1, trainer.max_epochs or 0
@@ -105,7 +113,7 @@ class EpochLog(Callback):
             "-" if loss is None else f"{loss:.4f}",
             "-" if dice is None else f"{dice:.4f}",
             self._lr,
-            now - self._epoch_start,
+            seconds,
             _duration(elapsed),
             _duration(eta),
         )

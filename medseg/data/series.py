@@ -1,0 +1,131 @@
+"""DICOM slices assembled into series: grouped, sorted along the slice normal, checked by rule.
+
+Rules, per series (a series is the slices of one SeriesInstanceUID with one orientation):
+- duplicate positions (two instances at the same place): refused;
+- a missing slice (a gap above 1.5x the median spacing): refused;
+- non-uniform spacing (steps differing by more than 10% of the median, below a gap): a warning;
+- mixed orientation within one SeriesInstanceUID: split into one series per orientation, with a warning;
+- slice positions off the slice normal (gantry tilt): a warning; oblique but consistent series are normal;
+- one slice, or no geometry (radiographs): a 2-D image, no series checks.
+A refusal is one ValueError naming the series and a file of it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+GAP = 1.5  # a step above GAP x the median spacing is a missing slice
+UNEVEN = 0.10  # steps differing from the median by more than this fraction are non-uniform
+TILT_DEGREES = 0.5  # slice-to-slice offsets at more than this angle to the normal: gantry tilt
+ORIENTATION_TOLERANCE = 1e-3  # direction cosines closer than this are the same orientation
+
+
+@dataclass(frozen=True)
+class SliceRef:
+    """One frame of a DICOM file with its geometry (None where the header has none)."""
+
+    path: Path
+    frame: int
+    series_uid: str
+    position: tuple[float, ...] | None
+    orientation: tuple[float, ...] | None
+    spacing: tuple[float, float] | None
+    instance: int = 0
+
+
+@dataclass
+class Series:
+    """Slices of one series in order along the normal, with their spacing in mm (None for 2-D images)."""
+
+    key: str
+    slices: list[SliceRef]
+    slice_spacing: float | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def spacing(self) -> tuple[float, float, float] | None:
+        """(slice, row, column) spacing in mm, None without geometry."""
+        first = self.slices[0].spacing
+        if self.slice_spacing is None or first is None:
+            return None
+        return (self.slice_spacing, float(first[0]), float(first[1]))
+
+
+def assemble_series(refs: Iterable[SliceRef]) -> list[Series]:
+    """Group slices by SeriesInstanceUID and orientation, sort each along its normal and check it by rule."""
+    by_uid: dict[str, list[SliceRef]] = defaultdict(list)
+    for ref in refs:
+        by_uid[ref.series_uid or f"file:{ref.path}"].append(ref)
+    out = []
+    for uid, items in by_uid.items():
+        groups = _by_orientation(items)
+        if len(groups) > 1:
+            log.warning("series %s (%s): %d orientations; split into one series each", uid, items[0].path, len(groups))
+        for k, group in enumerate(groups):
+            out.append(_checked(Series(uid if len(groups) == 1 else f"{uid}#{k}", group)))
+    return out
+
+
+def _by_orientation(items: list[SliceRef]) -> list[list[SliceRef]]:
+    groups: list[list[SliceRef]] = []
+    for ref in items:
+        for group in groups:
+            if _same(group[0].orientation, ref.orientation):
+                group.append(ref)
+                break
+        else:
+            groups.append([ref])
+    return groups
+
+
+def _same(a, b) -> bool:
+    if a is None or b is None:
+        return a is b
+    return bool(np.allclose(a, b, atol=ORIENTATION_TOLERANCE))
+
+
+def _checked(series: Series) -> Series:
+    """Sort SERIES along its normal and apply the rules; raises ValueError on a refusal."""
+    slices = series.slices
+    if len(slices) == 1 or any(s.position is None or s.orientation is None for s in slices):
+        series.slices = sorted(slices, key=lambda s: (s.instance, str(s.path), s.frame))
+        return series
+    iop = np.asarray(slices[0].orientation, dtype=float)
+    normal = np.cross(iop[:3], iop[3:])
+    positions = np.array([s.position for s in slices], dtype=float)
+    along = positions @ normal
+    order = np.argsort(along, kind="stable")
+    series.slices, along, positions = [slices[i] for i in order], along[order], positions[order]
+    steps = np.diff(along)
+    name = f"series {series.key} ({series.slices[0].path.parent})"
+    duplicate = np.flatnonzero(steps < 1e-3)
+    if duplicate.size:
+        i = int(duplicate[0])
+        first, second = series.slices[i].path, series.slices[i + 1].path
+        raise ValueError(f"{name}: two slices at the same position ({first.name} and {second.name})")
+    median = float(np.median(steps))
+    if steps.max() > GAP * median:
+        i = int(steps.argmax())
+        raise ValueError(
+            f"{name}: a slice is missing after {series.slices[i].path.name} "
+            f"(a {steps[i]:.2f} mm step; the median is {median:.2f} mm)"
+        )
+    if np.abs(steps - median).max() > UNEVEN * median:
+        series.warnings.append(f"{name}: non-uniform slice spacing ({steps.min():.2f} to {steps.max():.2f} mm)")
+    offsets = np.diff(positions, axis=0)
+    cosines = np.clip(np.abs(offsets @ normal) / np.linalg.norm(offsets, axis=1), 0.0, 1.0)
+    tilt = float(np.degrees(np.arccos(cosines.min())))
+    if tilt > TILT_DEGREES:
+        series.warnings.append(f"{name}: slice positions {tilt:.1f} degrees off the slice normal (gantry tilt)")
+    for warning in series.warnings:
+        log.warning("%s", warning)
+    series.slice_spacing = median
+    return series
