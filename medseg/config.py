@@ -82,6 +82,7 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("prepared", prepared_setting, replace=True)
     OmegaConf.register_new_resolver("run_group", run_group, replace=True)
     OmegaConf.register_new_resolver("run_name", run_name, replace=True)
+    OmegaConf.register_new_resolver("nnunet_classes", nnunet_classes, replace=True)
 
 
 def is_multirun() -> bool:
@@ -108,6 +109,13 @@ def run_group(default: str) -> str:
         sweep = Path(HydraConfig.get().sweep.dir)
         return f"sweep-{sweep.parent.name}_{sweep.name}"
     return default
+
+
+def nnunet_classes(root: str) -> list[str]:
+    """Class names of an nnU-Net raw dataset, from its dataset.json (for data=nnunet)."""
+    from medseg.data.nifti import nnunet_class_names
+
+    return nnunet_class_names(root)
 
 
 def prepared_setting(root: str, key: str):

@@ -52,7 +52,13 @@ def test_empty_mask_convention():
 
 
 def test_eval_cli_on_demo_dicom(demo_checkpoint, demo_root, tmp_path, capsys):
-    main([str(demo_checkpoint), str(demo_root), "--out", str(tmp_path), "--worst", "3"])
+    main([str(demo_checkpoint), str(demo_root), "--out", str(tmp_path / "volumes"), "--worst", "2"])
+    with open(tmp_path / "volumes" / "cases.csv") as handle:
+        volumes = list(csv.DictReader(handle))
+    assert len(volumes) == 12 * 2 and {int(r["slices"]) for r in volumes} == {8}  # one row per series and class
+    assert all(float(r["volume_true_ml"]) > 0 for r in volumes if r["cls"] == "organ")
+    assert len(list((tmp_path / "volumes" / "worst").glob("*_slice*.png"))) == 2
+    main([str(demo_checkpoint), str(demo_root), "--out", str(tmp_path), "--worst", "3", "--per-slice"])
     assert "dice" in capsys.readouterr().out
     with open(tmp_path / "cases.csv") as handle:
         rows = list(csv.DictReader(handle))
@@ -72,7 +78,7 @@ def test_eval_cli_restricted_to_a_runs_test_split(demo_checkpoint, demo_root, tm
     split_file = demo_checkpoint.parent.parent / "split.json"
     test_images = json.loads(split_file.read_text())["splits"]["test"]
     args = [str(demo_checkpoint), str(demo_root), "--out", str(tmp_path), "--split-file", str(split_file)]
-    main(args)
+    main([*args, "--per-slice"])
     with open(tmp_path / "cases.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert 0 < len(test_images) < 96 and len(rows) == 2 * len(test_images)

@@ -19,6 +19,7 @@ from medseg.data.cache import DecodeCache
 from medseg.data.dataset import SliceDataset, seed_worker_augmentation
 from medseg.data.decode import MaskValueError, fit_to_size, load_image_meta, load_mask
 from medseg.data.index import Sample, index_dicom, index_folder, source_fingerprint
+from medseg.data.nifti import index_nnunet
 from medseg.data.split import fold_split, split_patients, subset_patients
 from medseg.data.synthetic import CLASS_NAMES as DEMO_CLASSES
 from medseg.data.synthetic import ensure_demo_dataset
@@ -67,6 +68,20 @@ def count_pixels(masks: Iterable[np.ndarray], num_classes: int, ignore_index: in
     for mask in masks:
         counts += np.bincount(mask[mask != ignore_index].ravel(), minlength=num_classes)[:num_classes]
     return counts
+
+
+LAYOUTS = ("dicom", "folder", "nnunet")
+
+
+def index_layout(root: Path, layout: str, strict: bool = False, patient_regex: str = r"^(.*)$") -> list[Sample]:
+    """The samples of a data root in LAYOUT: dicom (images/ + masks/), folder (image files) or nnunet (NIfTI)."""
+    if layout == "dicom":
+        return index_dicom(root, strict)
+    if layout == "folder":
+        return index_folder(root, patient_regex)
+    if layout == "nnunet":
+        return index_nnunet(root)
+    raise ValueError(f"data.layout={layout!r}: choose one of {', '.join(LAYOUTS)}")
 
 
 def select_files(samples: list[Sample], include: str | None, exclude: str | None, root: Path) -> list[Sample]:
@@ -126,7 +141,8 @@ class SegmentationDataModule(SplitLoaders, L.LightningDataModule):
 
     Args:
         root: data folder (images/ and masks/); None for the embedded demo dataset.
-        layout: "dicom" (PatientID from the tags) or "folder" (patient from `patient_regex`).
+        layout: "dicom" (PatientID from the tags), "folder" (patient from `patient_regex`) or "nnunet" (NIfTI
+            volumes: imagesTr/, labelsTr/, dataset.json; the case is the patient).
         class_names: class names, background first.
         in_channels: channels fed to the network (grey images are repeated, colour averaged to fit).
         image_size: training size, an int or (height, width).
@@ -197,7 +213,7 @@ class SegmentationDataModule(SplitLoaders, L.LightningDataModule):
         root = Path(hp.root).expanduser() if hp.root else ensure_demo_dataset(hp.cache_dir)
         if not root.is_dir():
             raise FileNotFoundError(f"data root not found: {root}")
-        samples = index_dicom(root, hp.strict) if hp.layout == "dicom" else index_folder(root, hp.patient_regex)
+        samples = index_layout(root, hp.layout, hp.strict, hp.patient_regex)
         samples = select_files(samples, hp.include_regex, hp.exclude_regex, root)
         parts = split_patients([s.patient for s in samples], hp.split, hp.seed)
         if hp.num_folds:

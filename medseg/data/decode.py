@@ -1,4 +1,5 @@
-"""Decoding one sample without torch: images (DICOM, PNG, JPEG, TIFF) to float32 in [0, 1], labels to class indices."""
+"""Decoding one sample without torch: images (DICOM, NIfTI slices, PNG, JPEG, TIFF) to float32 in [0, 1], labels
+to class indices."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from PIL import Image
 from medseg.data.dicom import SliceMeta, read_frames, read_slice
 from medseg.data.index import Sample
 from medseg.data.labels import nifti_slice, read_png, seg_slice
+from medseg.data.nifti import read_label_slice, read_nifti_slice
 
 
 class MaskValueError(ValueError):
@@ -23,6 +25,8 @@ def load_image_meta(sample: Sample, in_channels: int, window=None) -> tuple[np.n
     meta = None
     if sample.kind == "dicom":
         image, meta = read_slice(sample.image, window, frame=sample.frame)
+    elif sample.kind == "nifti":
+        image, meta = read_nifti_slice(sample.image, sample.frame, window)
     else:
         image = read_image(sample.image, in_channels)
     return model_input(image, sample.image, in_channels), meta
@@ -75,7 +79,9 @@ def load_mask(
 ) -> np.ndarray:
     """Read labels (PNG, NIfTI volume or DICOM SEG) as uint8 class indices, mapped and validated."""
     name = sample.mask.name.lower()
-    if name.endswith((".nii", ".nii.gz")):
+    if sample.kind == "nifti":  # a label volume on its image volume's grid
+        raw = read_label_slice(sample.mask, sample.frame)
+    elif name.endswith((".nii", ".nii.gz")):
         raw = nifti_slice(sample.mask, meta, shape)  # type: ignore[arg-type]  # volumes come with their DICOM
     elif name.endswith(".dcm"):
         raw = seg_slice(sample.mask, meta)  # type: ignore[arg-type]

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pydicom
 
-from medseg.data.series import SliceRef, assemble_series
-
 from medseg.data.dicom import frame_geometry
-from medseg.data.labels import find_label, label_key, label_lookups, masks_by_stem
+from medseg.data.labels import check_nifti_fits, find_label, label_key, label_lookups, masks_by_stem
+from medseg.data.series import SliceRef, assemble_series
 from medseg.utils.privacy import register_source
 
 log = logging.getLogger(__name__)
@@ -95,17 +94,23 @@ def slice_ref(ds: pydicom.Dataset, path: Path, frame: int) -> SliceRef:
     spacing, position, orientation = frame_geometry(ds, frame)
     instance = int(ds.get("InstanceNumber", 0) or 0)
     uid = str(ds.get("SeriesInstanceUID", ""))
-    return SliceRef(path, frame, uid, position, orientation, spacing, instance)  # type: ignore[arg-type]
+    shape = (int(ds.get("Rows", 0)), int(ds.get("Columns", 0)))
+    return SliceRef(path, frame, uid, position, orientation, spacing, instance, shape)  # type: ignore[arg-type]
 
 
 def in_series(samples: list[Sample], refs: list[SliceRef]) -> list[Sample]:
     """SAMPLES with their series and place in it (assembled from every frame REFS holds, labelled or not),
     in their order (file path); 2-D images keep series ''."""
     place: dict[tuple[Path, int], tuple[str, int]] = {}
+    labels = {(s.image, s.frame): s.mask for s in samples}
     for series in assemble_series(refs):
         volume = len(series.slices) > 1 and series.spacing is not None
         for i, ref in enumerate(series.slices):
             place[ref.path, ref.frame] = (series.key if volume else "", i if volume else 0)
+        volumes = {labels[r.path, r.frame] for r in series.slices if (r.path, r.frame) in labels}
+        for label in volumes if volume else ():
+            if label.name.endswith((".nii", ".nii.gz")):
+                check_nifti_fits(label, series.slices)
     return [replace(s, series=place[s.image, s.frame][0], slice_index=place[s.image, s.frame][1]) for s in samples]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -40,21 +41,48 @@ def nifti_slice(path: Path, meta: SliceMeta, shape: tuple[int, int]) -> np.ndarr
         raise ValueError(f"{path}: the DICOM frame has no geometry to align a NIfTI volume with")
     volume, affine = _nifti(str(path))
     rows, cols = shape
-    iop = np.asarray(meta.orientation, dtype=float)
-    row_spacing, col_spacing = meta.pixel_spacing
     jj, ii = np.mgrid[0:rows, 0:cols]
-    lps = (
-        np.asarray(meta.position, dtype=float)[:, None]
-        + np.outer(iop[:3], ii.ravel() * col_spacing)
-        + np.outer(iop[3:], jj.ravel() * row_spacing)
-    )
-    ras = np.vstack([-lps[0], -lps[1], lps[2], np.ones(lps.shape[1])])
-    voxel = np.rint(np.linalg.inv(affine) @ ras)[:3].astype(np.int64)
+    voxels = pixel_voxels(meta.position, meta.orientation, meta.pixel_spacing, jj.ravel(), ii.ravel(), affine)
+    voxel = np.rint(voxels).astype(np.int64)
     inside = np.all((voxel >= 0) & (voxel < np.asarray(volume.shape[:3])[:, None]), axis=0)
     out = np.full(rows * cols, 255, dtype=np.int64)
     v = voxel[:, inside]
     out[inside] = volume[v[0], v[1], v[2]]
     return out.reshape(rows, cols)
+
+
+def pixel_voxels(position, orientation, spacing, rows: np.ndarray, cols: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Voxel coordinates [3, N] (float) in a NIfTI volume of the DICOM pixels (ROWS[i], COLS[i]) of a frame."""
+    iop = np.asarray(orientation, dtype=float)
+    lps = (
+        np.asarray(position, dtype=float)[:, None]
+        + np.outer(iop[:3], np.asarray(cols) * spacing[1])
+        + np.outer(iop[3:], np.asarray(rows) * spacing[0])
+    )
+    ras = np.vstack([-lps[0], -lps[1], lps[2], np.ones(lps.shape[1])])
+    return (np.linalg.inv(affine) @ ras)[:3]
+
+
+def check_nifti_fits(path: Path, slices: Sequence) -> None:
+    """Refuse a NIfTI label volume that does not cover its DICOM series voxel for pixel: the corner pixels
+    of the first and last slice must land inside the volume, on voxel centres (within a quarter voxel)."""
+    volume, affine = _nifti(str(path))
+    offsets = []
+    for ref in (slices[0], slices[-1]):
+        rows, cols = ref.shape
+        corner_rows, corner_cols = np.array([0, 0, rows - 1, rows - 1]), np.array([0, cols - 1, 0, cols - 1])
+        corners = pixel_voxels(ref.position, ref.orientation, ref.spacing, corner_rows, corner_cols, affine)
+        if (np.rint(corners) < 0).any() or (np.rint(corners) >= np.asarray(volume.shape[:3])[:, None]).any():
+            raise ValueError(
+                f"{path}: does not match its series ({ref.path.parent}): slice {ref.path.name} lies outside the "
+                f"label volume (shape {tuple(volume.shape[:3])}); check the label's affine and patient"
+            )
+        offsets.append(np.abs(corners - np.rint(corners)).max())
+    if max(offsets) > 0.25:
+        raise ValueError(
+            f"{path}: does not match its series ({slices[0].path.parent}): pixel centres fall {max(offsets):.2f} "
+            "voxels off the label's voxel centres (another spacing or affine)"
+        )
 
 
 @lru_cache(maxsize=8)

@@ -39,6 +39,7 @@ class SliceRef:
     orientation: tuple[float, ...] | None
     spacing: tuple[float, float] | None
     instance: int = 0
+    shape: tuple[int, int] = (0, 0)  # rows, columns
 
 
 @dataclass

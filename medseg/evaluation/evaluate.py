@@ -1,13 +1,18 @@
 """Evaluate a checkpoint or ONNX model on a folder of images + masks (or a DICOM dataset).
 
     medseg-eval MODEL [MODEL ...] DATA_DIR --out DIR [--mask-threshold 128] [--worst 5] [--tta hflip]
+                [--per-slice] [--nsd-tolerance 2]
 
 Several checkpoints are evaluated as one ensemble (softmax averaged).
 
-Per case and class: Dice and IoU (torchmetrics) and HD95 (MONAI), in millimetres where the DICOM
-pixel spacing is known, pixels otherwise. Empty-mask convention (as nnU-Net and MONAI): empty
-reference and empty prediction -> NaN, left out of means; one of them empty -> Dice 0, IoU 0, HD95
-NaN (undefined). Writes cases.csv, summary.csv and overlays of the worst cases.
+A case is a volume (the slices of one DICOM series, stacked along the slice normal) or a 2-D image;
+`--per-slice` scores each slice of a series on its own. Per case and class: Dice and IoU
+(torchmetrics), HD95 and the normalised surface distance at a tolerance (NSD; MONAI), in millimetres
+with the slice spacing where the DICOM geometry is known, pixels otherwise; for volumes also the
+predicted and true volume in mL. Empty-mask convention (as nnU-Net and MONAI): empty reference and
+empty prediction -> NaN, left out of means; one of them empty -> Dice 0, IoU 0, NSD 0, HD95 NaN
+(undefined). Writes cases.csv (one row per case and class), summary.csv (mean +- std over cases per
+class, then the whole-split Dice and IoU) and overlays of the worst cases (a volume's busiest slice).
 """
 
 from __future__ import annotations
@@ -26,10 +31,14 @@ from medseg.data.decode import load_image_meta, load_mask
 from medseg.data.index import Sample, index_dicom, index_folder
 from medseg.deploy.predictor import Predictor
 from medseg.evaluation.scores import SplitScores, case_scores
+from medseg.evaluation.volumes import Scored, group_cases
 from medseg.utils.cli import add_inference_options, inference_options, progress, run_cli
 from medseg.utils.io import atomic_path
 from medseg.utils.privacy import output_name, pseudonym, pseudonymous_path
 from medseg.utils.visualize import overlay_grid, to_uint8
+
+PER_CASE = ("dice", "iou", "hd95", "nsd", "volume_pred_ml", "volume_true_ml")  # summarised over cases
+VOLUMES = ("volume_pred", "volume_true")
 
 
 def evaluate(
@@ -46,11 +55,15 @@ def evaluate(
     tta: Sequence[str] | None = None,
     keep_largest: dict[str, int] | None = None,
     keep_names: bool = False,
+    per_slice: bool = False,
+    nsd_tolerance: float = 2.0,
 ) -> list[dict]:
     """Evaluate MODEL (one model or an ensemble of checkpoints; TTA and post-processing as the Predictor
     takes them) on the labelled images under DATA_DIR (one split of a run's split.json); returns rows.
 
-    Cases are named by keyed pseudonym (of the SOP instance, or of the image's path) unless KEEP_NAMES."""
+    A case is a volume (the slices of one series; PER_SLICE: each slice) or a 2-D image, named by keyed
+    pseudonym (of the series, of the SOP instance and frame, or of the image's path) unless KEEP_NAMES.
+    NSD_TOLERANCE is the normalised surface distance's tolerance in mm (pixels without spacing)."""
     predictor = Predictor(model, tta=tta, keep_largest=keep_largest)
     info, out, data_dir = predictor.info, Path(out), Path(data_dir)
     classes = info.class_names
@@ -58,29 +71,35 @@ def evaluate(
     samples = index_dicom(data_dir) if dicom else index_folder(data_dir, patient_regex)
     if split_file is not None:
         samples = split_samples(samples, data_dir, split_file, split)
-    rows, cases, whole = [], [], SplitScores(classes)
+    whole, scored, names = SplitScores(classes), [], []
     for sample in progress(samples, len(samples), "evaluating"):
         image, meta = load_image_meta(sample, info.in_channels, info.window)
         target = load_mask(sample, len(classes), mask_mapping, mask_threshold, meta=meta, shape=image.shape[:2])
         pred = predictor.segment(image)
         whole.update(pred, target)
-        spacing = list(meta.pixel_spacing) if meta is not None and meta.pixel_spacing else None
-        scores = case_scores(pred, target, len(classes), spacing)
-        name = (
+        scored.append(Scored(sample, meta, image, target, pred))
+        names.append(
             f"{pseudonym(meta.sop_uid)}_{sample.frame:04d}"
             if meta is not None
             else output_name(sample.image, data_dir / "images", keep_names)
         )
-        unit = "mm" if spacing else "px"
+    rows, ranked = [], []
+    for case in group_cases(scored, names, per_slice):
+        pred, target = case.arrays()
+        scores = case_scores(pred, target, len(classes), case.spacing, nsd_tolerance)
+        unit = "mm" if case.spacing else "px"
         for k, cls in enumerate(classes[1:]):
-            rows.append(dict(case=name, cls=cls, **{m: scores[m][k] for m in ("dice", "iou", "hd95")}, unit=unit))
-        mean = np.nanmean(scores["dice"]) if not np.isnan(scores["dice"]).all() else 1.0
-        cases.append((mean, name, image, target, pred))
+            values = {m: scores[m][k] for m in ("dice", "iou", "hd95", "nsd")}
+            volumes = {f"{m}_ml": scores[m][k] if case.is_volume and case.spacing else np.nan for m in VOLUMES}
+            rows.append(dict(case=case.name, cls=cls, **values, **volumes, slices=len(case.slices), unit=unit))
+        ranked.append((np.nanmean(scores["dice"]) if not np.isnan(scores["dice"]).all() else 1.0, case))
     _write_csv(out / "cases.csv", rows)
     _write_csv(out / "summary.csv", summary_rows(rows, classes, whole.compute()))
-    for score, name, image, target, pred in sorted(cases, key=lambda c: c[0])[:worst]:
-        grid = overlay_grid(image.transpose(2, 0, 1)[None], target[None], pred[None], classes)
-        with atomic_path(out / "worst" / f"{score:.3f}_{name}.png") as tmp:
+    for score, case in sorted(ranked, key=lambda c: c[0])[:worst]:
+        shown = max(case.slices, key=lambda s: int((s.target > 0).sum() + (s.pred > 0).sum()))
+        grid = overlay_grid(shown.image.transpose(2, 0, 1)[None], shown.target[None], shown.pred[None], classes)
+        suffix = f"_slice{shown.sample.slice_index:03d}" if case.is_volume else ""
+        with atomic_path(out / "worst" / f"{score:.3f}_{case.name}{suffix}.png") as tmp:
             Image.fromarray(to_uint8(grid)).save(tmp, format="PNG")
     return rows
 
@@ -90,7 +109,7 @@ def summary_rows(rows: list[dict], classes: Sequence[str], whole: dict[str, floa
     test step scores a split) per class and their mean."""
     summary = []
     for cls in classes[1:]:
-        for metric in ("dice", "iou", "hd95"):
+        for metric in PER_CASE:
             values = np.array([r[metric] for r in rows if r["cls"] == cls], dtype=float)
             finite = np.isfinite(values).any()
             mean, std = (np.nanmean(values), np.nanstd(values)) if finite else (np.nan, np.nan)
@@ -135,10 +154,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--split-file", type=Path, default=None, help="a run's split.json: evaluate one of its splits")
     parser.add_argument("--split", default="test", help="which split of --split-file (default: test)")
     parser.add_argument("--keep-names", action="store_true", help="name image cases by file name, not pseudonym")
+    parser.add_argument("--per-slice", action="store_true", help="score each slice of a series as its own case")
+    parser.add_argument("--nsd-tolerance", type=float, default=2.0, help="NSD tolerance in mm (default: 2)")
     add_inference_options(parser)
     parser.add_argument("--debug", action="store_true", help="full tracebacks")
     args = parser.parse_args(argv)
-    keys = ("mask_threshold", "mask_mapping", "worst", "patient_regex", "split_file", "split", "keep_names")
+    keys: tuple[str, ...] = ("mask_threshold", "mask_mapping", "worst", "patient_regex", "split_file", "split")
+    keys += ("keep_names", "per_slice", "nsd_tolerance")
     options = {key: getattr(args, key) for key in keys} | inference_options(args)
     run_cli("medseg-eval", args.debug, lambda: evaluate(args.model, args.data_dir, args.out, **options))
     with open(args.out / "summary.csv") as handle:

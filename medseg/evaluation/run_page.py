@@ -132,11 +132,11 @@ def read_csv(path: Path) -> list[dict]:
 
 
 def test_section(run_dir: Path, series: dict, evaluated: Path | None) -> str:
-    """The per-class test table: mean +- std over test cases (volumes where the data are volumes) from
+    """The per-class test table: mean +- std over test cases (volumes where the data are series) from
     medseg-eval where it ran, else the test step's whole-split scores."""
     if evaluated is not None:
         summary = read_csv(evaluated / "summary.csv")
-        per_case = [r for r in summary if r["metric"] in ("dice", "iou", "hd95")]
+        per_case = [r for r in summary if not r["metric"].endswith("_split")]
         rows = [(r["cls"], r["metric"], _mean_std(r["mean"], r["std"]), r["n"]) for r in per_case]
         return table(("class", "metric", "mean +- std over test cases", "cases"), rows, "test-scores")
     split = [(tag.removeprefix("test/"), values[-1][1]) for tag, values in sorted(series.items()) if "test/" in tag]

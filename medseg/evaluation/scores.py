@@ -70,17 +70,30 @@ class SplitScores:
         return {k: float(v) for k, v in foreground_scores(self.metrics.compute(), self.class_names).items()}
 
 
-def case_scores(pred: np.ndarray, target: np.ndarray, num_classes: int, spacing=None) -> dict[str, np.ndarray]:
-    """Per-foreground-class Dice, IoU and HD95 of one 2-D case, with the empty-mask convention applied."""
-    from monai.metrics import compute_hausdorff_distance
+def case_scores(
+    pred: np.ndarray,
+    target: np.ndarray,
+    num_classes: int,
+    spacing=None,
+    nsd_tolerance: float | None = None,
+    ignore_index: int = 255,
+) -> dict[str, np.ndarray]:
+    """Per-foreground-class Dice, IoU and HD95 of one 2-D or 3-D case (MONAI's surface distances, in mm along
+    SPACING, the first axis first), with the empty-mask convention applied; with NSD_TOLERANCE (mm) also the
+    normalised surface distance `nsd`, and the predicted and true volumes `volume_pred`, `volume_true` (mL
+    where SPACING is in mm). Pixels at IGNORE_INDEX in TARGET count as background in both."""
+    from monai.metrics import compute_hausdorff_distance, compute_surface_dice
 
+    ignored = target == ignore_index
+    pred, target = np.where(ignored, 0, pred), np.where(ignored, 0, target)
     p, t = torch.from_numpy(pred.astype(np.int64))[None], torch.from_numpy(target.astype(np.int64))[None]
     dice = dice_score(p, t, num_classes, include_background=False, average="none", input_format="index")[0]
     iou = mean_iou(p, t, num_classes, include_background=False, per_class=True, input_format="index")[0]
-    onehot = [F.one_hot(x, num_classes).permute(0, 3, 1, 2).float() for x in (p, t)]
-    ref_empty = onehot[1][0, 1:].sum((1, 2)) == 0
-    pred_empty = onehot[0][0, 1:].sum((1, 2)) == 0
-    hd95 = torch.full((num_classes - 1,), float("nan"))
+    onehot = [F.one_hot(x, num_classes).movedim(-1, 1).float() for x in (p, t)]
+    axes = tuple(range(1, pred.ndim + 1))
+    counts = [x[0, 1:].sum(axes) for x in onehot]
+    pred_empty, ref_empty = counts[0] == 0, counts[1] == 0
+    hd95, nsd = torch.full((num_classes - 1,), float("nan")), torch.full((num_classes - 1,), float("nan"))
     both = ~ref_empty & ~pred_empty
     if both.any():
         hd95[both] = compute_hausdorff_distance(
@@ -91,4 +104,14 @@ def case_scores(pred: np.ndarray, target: np.ndarray, num_classes: int, spacing=
     dice[neither], iou[neither] = float("nan"), float("nan")
     one = ref_empty ^ pred_empty
     dice[one], iou[one] = 0.0, 0.0
-    return {"dice": dice.numpy(), "iou": iou.numpy(), "hd95": hd95.numpy()}
+    scores = {"dice": dice.numpy(), "iou": iou.numpy(), "hd95": hd95.numpy()}
+    if nsd_tolerance is not None:
+        if both.any():
+            thresholds = [float(nsd_tolerance)] * (num_classes - 1)
+            surface = compute_surface_dice(onehot[0], onehot[1], thresholds, include_background=False, spacing=spacing)
+            nsd[both] = surface[0].float()[both]
+        nsd[one] = 0.0
+        voxel_ml = float(np.prod(spacing)) / 1000.0 if spacing is not None else 1.0
+        scores |= {"nsd": nsd.numpy(), "volume_pred": counts[0].numpy() * voxel_ml}
+        scores["volume_true"] = counts[1].numpy() * voxel_ml
+    return scores
