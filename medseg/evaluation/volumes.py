@@ -57,8 +57,8 @@ def group_cases(scored: Sequence[Scored], names: Sequence[str], per_slice: bool 
     volumes: dict[str, list[tuple[Scored, str]]] = {}
     for item, name in zip(scored, names, strict=True):
         if per_slice or not item.sample.series:
-            spacing = item.meta.pixel_spacing if item.meta is not None else None
-            cases.append(Case(name, [item], tuple(spacing) if spacing else None))
+            plane = item.meta.pixel_spacing if item.meta is not None else None
+            cases.append(Case(name, [item], tuple(plane) if plane else None))
         else:
             volumes.setdefault(item.sample.series, []).append((item, name))
     for items in volumes.values():
