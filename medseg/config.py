@@ -14,6 +14,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from medseg.data.checks import data_checks, number, positive_int, run_checks, size
+from medseg.data.context import context_channels
 from medseg.utils.cli import RUN_PLUMBING
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -83,6 +84,7 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("run_group", run_group, replace=True)
     OmegaConf.register_new_resolver("run_name", run_name, replace=True)
     OmegaConf.register_new_resolver("nnunet_classes", nnunet_classes, replace=True)
+    OmegaConf.register_new_resolver("context_channels", context_channels, replace=True)
 
 
 def is_multirun() -> bool:
@@ -122,7 +124,8 @@ def prepared_setting(root: str, key: str):
     """A data setting recorded in a medseg-prepare folder's medseg.json (for data=stream)."""
     from medseg.data.prepared import read_metadata
 
-    return read_metadata(root)["settings"][key]
+    settings = read_metadata(root)["settings"]
+    return settings.get(key, 0) if key == "context_slices" else settings[key]  # folders prepared before context
 
 
 register_resolvers()
@@ -150,6 +153,11 @@ def validate_config(cfg: DictConfig) -> None:
         raise ValueError("data.root is required with this data config: the folder to train on")
     checks = data_checks(data, "data.") | {
         "data.batch_size": (data.get("batch_size"), positive_int, "a positive integer"),
+        "data.context_slices": (
+            data.get("context_slices", 0),
+            lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 8,
+            "an integer from 0 to 8",
+        ),
         "data.image_size": (data.get("image_size"), size, "a positive integer or [height, width]"),
         "data.num_workers": (
             data.get("num_workers"),

@@ -92,3 +92,22 @@ def test_hn_ct_indexes_with_its_class_names_and_upright_anatomy():
     right = np.argwhere(np.stack(masks) == 3)[:, 2].mean()
     left = np.argwhere(np.stack(masks) == 4)[:, 2].mean()
     assert right < left  # the patient's right parotid on the image's left, as viewers show it
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (HN_CT / "imagesTr").is_dir(), reason=f"{HN_CT} not present")
+def test_hn_ct_prepared_with_context_trains_streamed(cache_dir, tmp_path):
+    import subprocess
+    import sys
+
+    from .helpers import run_train
+
+    out = tmp_path / "hn_ct"
+    settings = ["layout=nnunet", "image_size=64", "context_slices=1", "window=[40,350]", "include_regex=^HNCT_00[1-8]_"]
+    command = [sys.executable, "-m", "medseg.data.prepare", str(HN_CT), str(out), *settings, "--workers", "2"]
+    subprocess.run(command, check=True, capture_output=True, timeout=600)
+    meta = json.loads((out / "medseg.json").read_text())
+    assert meta["settings"]["context_slices"] == 1 and meta["settings"]["class_names"][7] == "Mandible"
+    assert sum(split["items"] for split in meta["splits"].values()) == 8 * 128
+    args = ["data=stream", f"data.root={out}", "data.context_slices=1", "trainer.fast_dev_run=true"]
+    run_train([*args, "model.log_images=false", f"hydra.run.dir={tmp_path / 'run'}"], cache_dir)

@@ -185,3 +185,22 @@ def test_edited_counts_in_medseg_json_are_caught(prepared, tmp_path):
     (broken / "medseg.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="items in the chunks; medseg.json records other counts"):
         StreamDataModule(str(broken)).setup("fit")
+
+
+def test_context_stacks_are_prepared_as_the_data_module_stacks_them(make_cfg, demo_root, tmp_path):
+    out = tmp_path / "context"
+    meta = prepare(demo_root, out, workers=1, image_size=SIZE, context_slices=1)
+    assert meta["settings"]["context_slices"] == 1
+    streamed = StreamDataModule(str(out)).dataset("val")
+    memory = SegmentationDataModule(image_size=SIZE, context_slices=1, cache_dir=str(demo_root.parent))
+    memory.setup()
+    expected = memory.dataset("val")
+    assert len(streamed) == len(expected)
+    for i in (0, 7, 8):  # first and last slice of a series, and the next series' first
+        image = streamed[i]["image"]
+        assert image.shape == (3, SIZE, SIZE)
+        torch.testing.assert_close(image, expected[i]["image"], atol=1e-3, rtol=0)  # stored as float16
+    cfg = stream_cfg(make_cfg, out, ["trainer.fast_dev_run=true", "data.context_slices=1"], tmp_path / "run")
+    assert cfg.model.net.in_channels == 3
+    _, metrics = train(cfg)
+    assert torch.isfinite(torch.tensor(metrics["train/loss"]))

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from medseg.data.augment import STRENGTHS, build_augmentation, size_pair
 from medseg.data.cache import DecodeCache
+from medseg.data.context import series_neighbours
 from medseg.data.dataset import SliceDataset, seed_worker_augmentation
 from medseg.data.decode import MaskValueError, fit_to_size, load_image_meta, load_mask
 from medseg.data.index import Sample, index_dicom, index_folder, source_fingerprint
@@ -144,7 +145,8 @@ class SegmentationDataModule(SplitLoaders, L.LightningDataModule):
         layout: "dicom" (PatientID from the tags), "folder" (patient from `patient_regex`) or "nnunet" (NIfTI
             volumes: imagesTr/, labelsTr/, dataset.json; the case is the patient).
         class_names: class names, background first.
-        in_channels: channels fed to the network (grey images are repeated, colour averaged to fit).
+        in_channels: channels of each slice (grey images are repeated, colour averaged to fit).
+        context_slices: k: each slice comes with slices z-k..z+k of its series as 2k+1 stacked images.
         image_size: training size, an int or (height, width).
         size_policy: "stretch" or "letterbox" (keep the aspect ratio and pad).
         window: DICOM VOI window: None (from the file), a preset name or [center, width].
@@ -169,6 +171,7 @@ class SegmentationDataModule(SplitLoaders, L.LightningDataModule):
         layout: str = "dicom",
         class_names: Sequence[str] = DEMO_CLASSES,
         in_channels: int = 1,
+        context_slices: int = 0,
         image_size: int | Sequence[int] = 128,
         size_policy: str = "stretch",
         window: str | Sequence[float] | None = None,
@@ -322,7 +325,8 @@ class SegmentationDataModule(SplitLoaders, L.LightningDataModule):
         self._train_loaders += augment  # a new augmentation stream for every (re)loaded training epoch
         seed = self.hparams.seed * 10007 + self._train_loaders
         transform = self.train_transform(seed) if augment else None
-        return SliceDataset(samples, self._prepare, self._cache, transform, seed)
+        stacks = series_neighbours(samples, self.hparams.context_slices) if self.hparams.context_slices else None
+        return SliceDataset(samples, self._prepare, self._cache, transform, seed, stacks)
 
     def _loader(self, dataset: SliceDataset, train: bool) -> DataLoader:
         workers = loader_workers(self.hparams.num_workers, self.trainer)

@@ -20,10 +20,20 @@ def seed_worker_augmentation(worker_id: int) -> None:
 
 
 class SliceDataset(Dataset):
-    """Samples decoded and resized once (through a DecodeCache), augmented on every access."""
+    """Samples decoded and resized once (through a DecodeCache), stacked with their neighbouring slices where
+    STACKS says, augmented on every access."""
 
-    def __init__(self, samples: Sequence[Sample], prepare, cache, transform=None, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        prepare,
+        cache,
+        transform=None,
+        seed: int | None = None,
+        stacks: Sequence[Sequence[int]] | None = None,
+    ) -> None:
         self.samples = list(samples)
+        self.stacks = stacks  # per sample, the indices of its context stack (medseg.data.context)
         self.prepare = prepare
         self.cache = cache
         self.augment = transform
@@ -41,7 +51,10 @@ class SliceDataset(Dataset):
         return entry[0].astype(np.float32), entry[1]
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
-        return {**to_tensors(*self.load(index), self.augment), "index": index}
+        image, mask = self.load(index)
+        if self.stacks is not None and len(self.stacks[index]) > 1:  # one augmentation draw for the whole stack
+            image = np.concatenate([self.load(j)[0] for j in self.stacks[index]], axis=-1)
+        return {**to_tensors(image, mask, self.augment), "index": index}
 
 
 def to_tensors(image: np.ndarray, mask: np.ndarray, transform=None) -> dict[str, torch.Tensor]:

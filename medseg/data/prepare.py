@@ -29,9 +29,11 @@ import numpy as np
 import yaml
 
 from medseg.data.checks import data_checks, run_checks
+from medseg.data.context import series_neighbours
 from medseg.data.datamodule import SegmentationDataModule
 from medseg.data.decode import MaskValueError
 from medseg.data.index import Sample, source_fingerprint
+from medseg.data.nifti import nnunet_class_names
 from medseg.data.prepared import FORMAT_VERSION, METADATA, SPLITS, file_sha256, read_metadata, verify_chunks
 from medseg.data.split import subset_patients
 from medseg.utils.cli import run_cli
@@ -43,6 +45,7 @@ SETTINGS = (
     "layout",
     "class_names",
     "in_channels",
+    "context_slices",
     "image_size",
     "size_policy",
     "window",
@@ -63,12 +66,15 @@ class Item:
     sample: Sample
     root: Path
     refused: Path
+    stack: tuple[Sample, ...] = ()  # the samples whose images are stacked as its channels (context slices)
 
 
 def encode_item(item: Item, decode, dtype: str) -> dict | None:
     """Decode one sample into a litdata item; None (and a line in refused.jsonl) when it cannot be read."""
     try:
         image, mask, meta = decode(item.sample, with_meta=True)
+        if len(item.stack) > 1:
+            image = np.concatenate([image if s == item.sample else decode(s)[0] for s in item.stack], axis=-1)
     except (ValueError, OSError) as exc:
         logging.getLogger(__name__).error("refused %s", exc)
         kind = "mask_values" if isinstance(exc, MaskValueError) else "unreadable"
@@ -141,6 +147,8 @@ def prepare(
     src, out = Path(src).expanduser().resolve(), Path(out).expanduser().resolve()
     if out == src or src in out.parents:
         raise ValueError(f"{out}: the output must not be inside the source folder {src}")
+    if data.get("layout") == "nnunet" and "class_names" not in data:
+        data["class_names"] = nnunet_class_names(src)
     dm = SegmentationDataModule(root=str(src), **data, preload=False, split_file=None, decode_cache=None)
     dm.setup()
     settings = {k: dm.hparams[k] for k in SETTINGS}
@@ -170,7 +178,8 @@ def prepare(
         shutil.rmtree(folder, ignore_errors=True)
         refused_file = out / f".{name}.refused.jsonl"
         refused_file.unlink(missing_ok=True)
-        items = [Item(i, s, src, refused_file) for i, s in enumerate(samples)]
+        stacks = series_neighbours(samples, dm.hparams.context_slices)
+        items = [Item(i, s, src, refused_file, tuple(samples[j] for j in stacks[i])) for i, s in enumerate(samples)]
         if items:
             _optimize(items, folder, dm._prepare, dtype, workers, chunk_bytes, compression)
         refused = [json.loads(line) for line in refused_file.read_text().splitlines()] if refused_file.is_file() else []

@@ -41,7 +41,7 @@ def check_parity(net: torch.nn.Module, onnx_path: Path, info: ModelInfo, atol: f
     gen = torch.Generator().manual_seed(0)
     errors = []
     for b, h, w in parity_sizes(info):
-        x = torch.rand(b, info.in_channels, h, w, generator=gen)
+        x = torch.rand(b, info.input_channels, h, w, generator=gen)
         with torch.inference_mode():
             ref = net(x).numpy()
         out = predictor.logits(x.numpy())
@@ -62,7 +62,7 @@ def export_net(net: torch.nn.Module, info: ModelInfo, out: str | Path, opset: in
     out = Path(out)
     net = net.eval()
     h, w = info.image_size
-    example = torch.rand(2, info.in_channels, h, w)
+    example = torch.rand(2, info.input_channels, h, w)
     dims = {
         0: torch.export.Dim("batch", max=4096),
         2: torch.export.Dim("height", min=32, max=8192),

@@ -10,7 +10,8 @@ METADATA_KEY = "medseg"
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """Everything a consumer needs to feed the model: classes, channels, size policy and window."""
+    """Everything a consumer needs to feed the model: classes, channels per slice, context slices, size policy
+    and window."""
 
     class_names: list[str]
     in_channels: int
@@ -22,6 +23,12 @@ class ModelInfo:
     tta: list[str] = field(default_factory=list)  # test-time views (ONNX: averaged inside the graph)
     keep_largest: dict[str, int] | None = None  # post-processing: largest components kept per class
     members: int = 1  # checkpoints ensembled (softmax averaged; the output is then its logarithm)
+    context_slices: int = 0  # k: the input stacks slices z-k..z+k of a series, in_channels each (2.5-D)
+
+    @property
+    def input_channels(self) -> int:
+        """Channels of the network's input: each slice's channels times the 2k+1 slices of a context stack."""
+        return self.in_channels * (2 * self.context_slices + 1)
 
     def to_json(self) -> str:
         """Serialise for ONNX metadata."""

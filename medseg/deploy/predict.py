@@ -175,7 +175,8 @@ def predict(
         except ValueError as exc:
             _skip(skipped, path, str(exc).split(": ", 1)[-1])
             continue
-        save_mask_and_overlay(image, predictor.segment(image, policy), out, output_name(path, source, keep_names))
+        mask = predictor.segment_series([image], policy)[0]
+        save_mask_and_overlay(image, mask, out, output_name(path, source, keep_names))
         predicted += 1
     if skipped:
         log.warning("%d input files skipped (see the lines above)", len(skipped))
@@ -197,20 +198,20 @@ def predict_series(
     """Segment every frame of one sorted series (each file decoded once); its SEG (and NIfTI) go to WRITTEN.
     Returns the number of slices predicted."""
     info, name = predictor.info, pseudonym(uid)
-    masks: list[np.ndarray] = []
+    images: list[np.ndarray] = []
     sources: list[Path] = []
     for path in progress(paths, len(paths), f"series {name}"):
         try:
-            frames = load_dicom_frames(path, info.in_channels, info.window)
+            images += load_dicom_frames(path, info.in_channels, info.window)
         except ValueError as exc:  # no pixel data, undecodable
             _skip(skipped, path, str(exc).split(": ", 1)[-1])
             continue
-        for image in frames:
-            masks.append(predictor.segment(image, policy))
-            save_mask_and_overlay(image, masks[-1], out, f"{name}_{len(masks) - 1:04d}")
         sources.append(path)
     if not sources:
         return 0
+    masks = predictor.segment_series(images, policy)  # context stacks within the series
+    for i, (image, mask) in enumerate(zip(images, masks, strict=True)):
+        save_mask_and_overlay(image, mask, out, f"{name}_{i:04d}")
     try:
         written.append(write_seg(sources, masks, info.class_names, out))
     except Exception as exc:  # e.g. sources without the geometry a SEG needs

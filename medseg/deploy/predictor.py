@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from medseg.data.context import stack_images, stack_indices
 from medseg.deploy.info import METADATA_KEY, ModelInfo
 from medseg.deploy.views import resolve_tta
 from medseg.postprocess import class_indices, keep_largest
@@ -79,6 +80,12 @@ class Predictor:
             raise ValueError(f"unknown size policy {policy!r}; choose 'resize' or 'sliding'")
         mask = logits.argmax(0).astype(np.uint8)
         return keep_largest(mask, self.keep) if self.keep else mask
+
+    def segment_series(self, images: Sequence[np.ndarray], policy: str = "resize") -> list[np.ndarray]:
+        """Class-index masks of the slices of one series in order ([H, W, C] each; one 2-D image is a series of
+        one), each fed with its context stack when the model takes neighbouring slices."""
+        k = self.info.context_slices
+        return [self.segment(stack_images(images, stack), policy) for stack in stack_indices(len(images), k)]
 
     def _sliding(self, image: np.ndarray, overlap: float) -> np.ndarray:
         """Average logits of training-size windows tiled over the image at native resolution."""

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from medseg.data.context import series_neighbours, stack_images
 from medseg.data.decode import load_image_meta, load_mask
 from medseg.data.index import Sample, index_dicom, index_folder
 from medseg.deploy.predictor import Predictor
@@ -72,10 +73,13 @@ def evaluate(
     if split_file is not None:
         samples = split_samples(samples, data_dir, split_file, split)
     whole, scored, names = SplitScores(classes), [], []
-    for sample in progress(samples, len(samples), "evaluating"):
-        image, meta = load_image_meta(sample, info.in_channels, info.window)
+    decoded = [load_image_meta(sample, info.in_channels, info.window) for sample in samples]
+    images = [image for image, _ in decoded]
+    stacks = series_neighbours(samples, info.context_slices)  # the same stacks as in training
+    items = zip(samples, decoded, stacks, strict=True)
+    for sample, (image, meta), stack in progress(items, len(samples), "evaluating"):
         target = load_mask(sample, len(classes), mask_mapping, mask_threshold, meta=meta, shape=image.shape[:2])
-        pred = predictor.segment(image)
+        pred = predictor.segment(stack_images(images, stack))
         whole.update(pred, target)
         scored.append(Scored(sample, meta, image, target, pred))
         names.append(

@@ -1,0 +1,83 @@
+"""Neighbouring-slice context: stacks equal to the decoded neighbours, edges replicated, the same through the
+data module, medseg-prepare, ONNX export, medseg-eval and medseg-predict."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from medseg.data.context import series_neighbours, stack_indices
+from medseg.deploy.export import export_checkpoint
+from medseg.deploy.predict import predict
+from medseg.deploy.predictor import Predictor
+from medseg.evaluation.evaluate import evaluate
+from medseg.training.pipeline import train
+
+SHORT = ["data.image_size=64", "stage.stages.0.epochs=1", "trainer.limit_train_batches=2", "model.log_images=false"]
+
+
+def test_stack_indices_replicate_the_edges():
+    assert stack_indices(4, 1) == [[0, 0, 1], [0, 1, 2], [1, 2, 3], [2, 3, 3]]
+    assert stack_indices(1, 2) == [[0, 0, 0, 0, 0]]
+
+
+def test_a_batch_holds_the_neighbouring_decoded_slices_of_the_same_series(make_cfg):
+    cfg = make_cfg([*SHORT, "data.context_slices=1"])
+    assert cfg.model.net.in_channels == 3
+    dm = instantiate(cfg.data, _convert_="all")
+    dm.setup("fit")
+    dataset = dm.dataset("val")
+    samples = dataset.samples
+    series = samples[0].series
+    members = sorted((i for i, s in enumerate(samples) if s.series == series), key=lambda i: samples[i].slice_index)
+    assert len(members) == 8 and series
+    for z, i in enumerate(members):
+        image = dataset[i]["image"]
+        assert image.shape == (3, 64, 64)
+        below, above = members[max(z - 1, 0)], members[min(z + 1, len(members) - 1)]
+        for channel, j in enumerate((below, i, above)):
+            decoded = torch.from_numpy(dataset.load(j)[0][..., 0])
+            assert torch.equal(image[channel], decoded), (z, channel)
+    first = dataset[members[0]]["image"]
+    assert torch.equal(first[0], first[1])  # the first slice is its own lower neighbour
+    assert series_neighbours(samples, 0) == [[i] for i in range(len(samples))]
+
+
+@pytest.fixture(scope="module")
+def context_checkpoint(cache_dir, tmp_path_factory):
+    """A short demo run with one neighbouring slice on each side."""
+    from medseg.config import compose_config
+
+    out = tmp_path_factory.mktemp("context")
+    cfg = compose_config(
+        [*SHORT, "data.context_slices=1", "test=false", "callbacks.progress_bar=null", f"paths.cache_dir={cache_dir}"],
+        out,
+    )
+    train(cfg)
+    return out / "checkpoints" / "best.ckpt"
+
+
+def test_the_onnx_model_takes_three_channels_and_matches_pytorch(context_checkpoint, tmp_path):
+    path, errors = export_checkpoint(context_checkpoint, tmp_path / "model.onnx")
+    assert max(errors) < 1e-4  # parity with PyTorch at several sizes
+    graph = onnx.load(str(path)).graph
+    assert graph.input[0].type.tensor_type.shape.dim[1].dim_value == 3
+    onnx_model, torch_model = Predictor(path), Predictor(context_checkpoint)
+    assert onnx_model.info.context_slices == 1 and onnx_model.info.input_channels == 3
+    images = [np.random.default_rng(i).random((64, 64, 1), dtype=np.float32) for i in range(3)]
+    batch = np.concatenate(images, axis=-1).transpose(2, 0, 1)[None]
+    np.testing.assert_allclose(onnx_model.logits(batch), torch_model.logits(batch), atol=1e-4)
+
+
+def test_eval_and_predict_feed_the_same_stacks(context_checkpoint, demo_root, tmp_path):
+    evaluate(context_checkpoint, demo_root, tmp_path / "eval", worst=0)
+    with open(tmp_path / "eval" / "cases.csv") as handle:
+        assert len({r["case"] for r in csv.DictReader(handle)}) == 12  # one case per series
+    series = sorted((demo_root / "images").iterdir())[0]
+    written = predict(context_checkpoint, series, tmp_path / "pred", nifti=True)
+    assert any(p.name.endswith(".nii.gz") for p in written) and any(p.suffix == ".dcm" for p in written)
