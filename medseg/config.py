@@ -125,7 +125,8 @@ def prepared_setting(root: str, key: str):
     from medseg.data.prepared import read_metadata
 
     settings = read_metadata(root)["settings"]
-    return settings.get(key, 0) if key == "context_slices" else settings[key]  # folders prepared before context
+    defaults = {"context_slices": 0, "spacing": None}  # folders prepared before these settings existed
+    return settings[key] if key in settings or key not in defaults else defaults[key]
 
 
 register_resolvers()

@@ -21,6 +21,7 @@ from medseg.data.dataset import SliceDataset, seed_worker_augmentation
 from medseg.data.decode import MaskValueError, fit_to_size, load_image_meta, load_mask
 from medseg.data.index import Sample, index_dicom, index_folder, source_fingerprint
 from medseg.data.nifti import index_nnunet
+from medseg.data.spacing import to_spacing
 from medseg.data.split import fold_split, split_patients, subset_patients
 from medseg.data.synthetic import CLASS_NAMES as DEMO_CLASSES
 from medseg.data.synthetic import ensure_demo_dataset
@@ -41,6 +42,7 @@ def decode_sample(
     mapping,
     threshold,
     ignore_index,
+    spacing=None,
     with_meta: bool = False,
 ):
     """Decode, validate and resize one sample: (image, mask), plus its SliceMeta WITH_META (picklable for workers)."""
@@ -48,6 +50,7 @@ def decode_sample(
     mask = load_mask(sample, num_classes, mapping, threshold, ignore_index, meta, image.shape[:2])
     if image.shape[:2] != mask.shape:
         raise ValueError(f"{sample.mask}: mask size {mask.shape} differs from image size {image.shape[:2]}")
+    image, mask = to_spacing(image, mask, meta.pixel_spacing if meta is not None else None, spacing, sample.image)
     image, mask = fit_to_size(image, mask, size, size_policy)
     return (image, mask, meta) if with_meta else (image, mask)
 
@@ -147,6 +150,8 @@ class SegmentationDataModule(SplitLoaders, L.LightningDataModule):
         class_names: class names, background first.
         in_channels: channels of each slice (grey images are repeated, colour averaged to fit).
         context_slices: k: each slice comes with slices z-k..z+k of its series as 2k+1 stacked images.
+        spacing: [row_mm, col_mm]: resample each slice in plane to this pixel spacing before the size policy
+            (images linear, labels nearest); None keeps the files' pixels.
         image_size: training size, an int or (height, width).
         size_policy: "stretch" or "letterbox" (keep the aspect ratio and pad).
         window: DICOM VOI window: None (from the file), a preset name or [center, width].
@@ -172,6 +177,7 @@ class SegmentationDataModule(SplitLoaders, L.LightningDataModule):
         class_names: Sequence[str] = DEMO_CLASSES,
         in_channels: int = 1,
         context_slices: int = 0,
+        spacing: Sequence[float] | None = None,
         image_size: int | Sequence[int] = 128,
         size_policy: str = "stretch",
         window: str | Sequence[float] | None = None,
@@ -239,8 +245,11 @@ class SegmentationDataModule(SplitLoaders, L.LightningDataModule):
             mapping=hp.mask_mapping,
             threshold=hp.mask_threshold,
             ignore_index=hp.ignore_index,
+            spacing=None if hp.spacing is None else [float(v) for v in hp.spacing],
         )
         params = {k: hp[k] for k in ("in_channels", "window", "size_policy", "mask_mapping", "mask_threshold")}
+        if hp.spacing is not None:  # cache keys of runs without spacing stay as they were
+            params["spacing"] = [float(v) for v in hp.spacing]
         self._cache = DecodeCache({**params, "size": self.image_size, "classes": self.num_classes}, hp.decode_cache)
         if hp.preload:
             self.preload()

@@ -32,9 +32,9 @@ def load_image_meta(sample: Sample, in_channels: int, window=None) -> tuple[np.n
     return model_input(image, sample.image, in_channels), meta
 
 
-def load_dicom_frames(path: Path, in_channels: int, window=None) -> list[np.ndarray]:
-    """Every frame of a DICOM file, decoded once, as model inputs float32 [H, W, C] in [0, 1]."""
-    return [model_input(image, path, in_channels) for image, _ in read_frames(path, window)]
+def load_dicom_frames(path: Path, in_channels: int, window=None) -> list[tuple[np.ndarray, SliceMeta]]:
+    """Every frame of a DICOM file, decoded once, as model inputs float32 [H, W, C] in [0, 1] with its metadata."""
+    return [(model_input(image, path, in_channels), meta) for image, meta in read_frames(path, window)]
 
 
 def model_input(image: np.ndarray, path: Path, in_channels: int) -> np.ndarray:
@@ -106,9 +106,12 @@ def load_mask(
 
 
 def fit_to_size(image: np.ndarray, mask: np.ndarray, size: Sequence[int], policy: str = "stretch"):
-    """Resize (stretch) or letterbox-pad an image [H, W, C] and mask [H, W] to size (H, W)."""
+    """Resize (stretch), letterbox-pad, or centre pad-or-crop (crop: the pixel scale kept, as after
+    data.spacing) an image [H, W, C] and mask [H, W] to size (H, W)."""
     h, w = size
-    if policy == "stretch":
+    if policy == "crop":
+        image, mask = (centre_fit(a, (h, w)) for a in (image, mask))
+    elif policy == "stretch":
         image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
         mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
     elif policy == "letterbox":
@@ -120,7 +123,17 @@ def fit_to_size(image: np.ndarray, mask: np.ndarray, size: Sequence[int], policy
         image = cv2.copyMakeBorder(image, top, h - nh - top, left, w - nw - left, cv2.BORDER_CONSTANT, value=0)
         mask = cv2.copyMakeBorder(mask, top, h - nh - top, left, w - nw - left, cv2.BORDER_CONSTANT, value=0)
     else:
-        raise ValueError(f"unknown size_policy {policy!r}; choose 'stretch' or 'letterbox'")
+        raise ValueError(f"unknown size_policy {policy!r}; choose 'stretch', 'letterbox' or 'crop'")
     if image.ndim == 2:
         image = image[..., None]
     return image, mask
+
+
+def centre_fit(array: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """ARRAY ([H, W] or [H, W, C]) centre-cropped or zero-padded to SIZE (H, W)."""
+    out = np.zeros((*size, *array.shape[2:]), array.dtype)
+    (h, w), (th, tw) = array.shape[:2], size
+    sy, sx, dy, dx = max(0, (h - th) // 2), max(0, (w - tw) // 2), max(0, (th - h) // 2), max(0, (tw - w) // 2)
+    ch, cw = min(h, th), min(w, tw)
+    out[dy : dy + ch, dx : dx + cw] = array[sy : sy + ch, sx : sx + cw]
+    return out

@@ -46,6 +46,7 @@ SETTINGS = (
     "class_names",
     "in_channels",
     "context_slices",
+    "spacing",
     "image_size",
     "size_policy",
     "window",

@@ -71,6 +71,7 @@ class StreamDataModule(SplitLoaders, L.LightningDataModule):
         class_names: Sequence[str] | None = None,
         in_channels: int | None = None,
         context_slices: int | None = None,
+        spacing: Sequence[float] | None = None,
         image_size: int | Sequence[int] | None = None,
         size_policy: str | None = None,
         window: str | Sequence[float] | None = None,
@@ -91,6 +92,8 @@ class StreamDataModule(SplitLoaders, L.LightningDataModule):
         self._check("class_names", class_names, settings["class_names"])
         self._check("in_channels", in_channels, settings["in_channels"])
         self._check("context_slices", context_slices, settings.get("context_slices", 0))
+        if spacing is not None:
+            self._check("spacing", spacing, settings.get("spacing"))
         self._check("image_size", None if image_size is None else list(size_pair(image_size)), settings["image_size"])
         self._check("size_policy", size_policy, settings["size_policy"])
         self._check("window", window, settings["window"])

@@ -23,6 +23,7 @@ class ModelInfo:
     tta: list[str] = field(default_factory=list)  # test-time views (ONNX: averaged inside the graph)
     keep_largest: dict[str, int] | None = None  # post-processing: largest components kept per class
     members: int = 1  # checkpoints ensembled (softmax averaged; the output is then its logarithm)
+    spacing: list[float] | None = None  # [row_mm, col_mm] inputs are resampled to; masks map back to the source
     context_slices: int = 0  # k: the input stacks slices z-k..z+k of a series, in_channels each (2.5-D)
 
     @property

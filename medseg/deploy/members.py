@@ -14,7 +14,7 @@ from medseg.utils.checkpoint import load_checkpoint
 from medseg.utils.registry import build
 
 NET_PREFIX = "net."  # the network's keys in a SegmentationModule state dict
-SHARED = ("class_names", "in_channels", "context_slices", "image_size", "size_policy", "window")
+SHARED = ("class_names", "in_channels", "context_slices", "spacing", "image_size", "size_policy", "window")
 
 
 def checkpoint_info(checkpoint: dict) -> ModelInfo:
@@ -27,6 +27,7 @@ def checkpoint_info(checkpoint: dict) -> ModelInfo:
         size_policy=data.get("size_policy", "stretch"),
         window=data.get("window"),
         context_slices=int(data.get("context_slices") or 0),
+        spacing=[float(v) for v in data["spacing"]] if data.get("spacing") else None,
         tta=list(hparams.get("tta") or []),
         keep_largest=dict(hparams["keep_largest"]) if hparams.get("keep_largest") else None,
     )

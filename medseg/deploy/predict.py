@@ -199,17 +199,20 @@ def predict_series(
     Returns the number of slices predicted."""
     info, name = predictor.info, pseudonym(uid)
     images: list[np.ndarray] = []
+    spacings: list = []
     sources: list[Path] = []
     for path in progress(paths, len(paths), f"series {name}"):
         try:
-            images += load_dicom_frames(path, info.in_channels, info.window)
+            frames = load_dicom_frames(path, info.in_channels, info.window)
+            images += [image for image, _ in frames]
+            spacings += [meta.pixel_spacing for _, meta in frames]
         except ValueError as exc:  # no pixel data, undecodable
             _skip(skipped, path, str(exc).split(": ", 1)[-1])
             continue
         sources.append(path)
     if not sources:
         return 0
-    masks = predictor.segment_series(images, policy)  # context stacks within the series
+    masks = predictor.segment_series(images, policy, spacings)  # context stacks within the series
     for i, (image, mask) in enumerate(zip(images, masks, strict=True)):
         save_mask_and_overlay(image, mask, out, f"{name}_{i:04d}")
     try:

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from medseg.data.context import stack_images, stack_indices
+from medseg.data.spacing import resample_labels, to_spacing
 from medseg.deploy.info import METADATA_KEY, ModelInfo
 from medseg.deploy.views import resolve_tta
 from medseg.postprocess import class_indices, keep_largest
@@ -66,8 +67,16 @@ class Predictor:
         """Logits [B, K, H, W] for images [B, C, H, W] (view-averaged, ensembled as configured)."""
         return self._run(np.ascontiguousarray(batch, dtype=np.float32))
 
-    def segment(self, image: np.ndarray, policy: str = "resize", overlap: float = 0.5) -> np.ndarray:
-        """Class-index mask [H, W] for one image [H, W, C] in [0, 1], at the image's own resolution."""
+    def segment(
+        self, image: np.ndarray, policy: str = "resize", overlap: float = 0.5, spacing: Sequence[float] | None = None
+    ) -> np.ndarray:
+        """Class-index mask [H, W] for one image [H, W, C] in [0, 1], at the image's own resolution. A model
+        trained at a pixel spacing gets the image resampled to it (SPACING: the image's [row_mm, col_mm]) and
+        its mask mapped back; one trained with size_policy crop is applied by sliding window."""
+        source = image.shape[:2]
+        image, _ = to_spacing(image, None, spacing, self.info.spacing, "the input image")
+        if self.info.size_policy == "crop":
+            policy = "sliding"
         h, w = image.shape[:2]
         if policy == "resize":
             th, tw = self.info.image_size
@@ -79,13 +88,19 @@ class Predictor:
         else:
             raise ValueError(f"unknown size policy {policy!r}; choose 'resize' or 'sliding'")
         mask = logits.argmax(0).astype(np.uint8)
+        if mask.shape != source:
+            mask = resample_labels(mask, source)
         return keep_largest(mask, self.keep) if self.keep else mask
 
-    def segment_series(self, images: Sequence[np.ndarray], policy: str = "resize") -> list[np.ndarray]:
+    def segment_series(
+        self, images: Sequence[np.ndarray], policy: str = "resize", spacings: Sequence | None = None
+    ) -> list[np.ndarray]:
         """Class-index masks of the slices of one series in order ([H, W, C] each; one 2-D image is a series of
-        one), each fed with its context stack when the model takes neighbouring slices."""
-        k = self.info.context_slices
-        return [self.segment(stack_images(images, stack), policy) for stack in stack_indices(len(images), k)]
+        one), each fed with its context stack when the model takes neighbouring slices; SPACINGS: each slice's
+        pixel spacing."""
+        stacks = stack_indices(len(images), self.info.context_slices)
+        spacings = spacings or [None] * len(images)
+        return [self.segment(stack_images(images, s), policy, spacing=spacings[z]) for z, s in enumerate(stacks)]
 
     def _sliding(self, image: np.ndarray, overlap: float) -> np.ndarray:
         """Average logits of training-size windows tiled over the image at native resolution."""

@@ -79,7 +79,7 @@ def evaluate(
     items = zip(samples, decoded, stacks, strict=True)
     for sample, (image, meta), stack in progress(items, len(samples), "evaluating"):
         target = load_mask(sample, len(classes), mask_mapping, mask_threshold, meta=meta, shape=image.shape[:2])
-        pred = predictor.segment(stack_images(images, stack))
+        pred = predictor.segment(stack_images(images, stack), spacing=meta.pixel_spacing if meta else None)
         whole.update(pred, target)
         scored.append(Scored(sample, meta, image, target, pred))
         names.append(
