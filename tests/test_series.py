@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -140,3 +141,33 @@ def test_a_label_volume_that_does_not_fit_its_series_is_refused_naming_it(tmp_pa
     nib.save(nib.Nifti1Image(data, affine), path)
     with pytest.raises(ValueError, match=rf"^{path}: does not match its series"):
         index_dicom(root)
+
+
+@needs_chaos
+@pytest.mark.slow
+def test_chaos_mr_trains_in_memory_with_context(cache_dir, tmp_path):
+    from .helpers import run_train
+
+    classes = "data.class_names=[background,liver,right_kidney,left_kidney,spleen]"
+    args = [f"data.root={CHAOS}", classes, "data.context_slices=1", "data.image_size=64", "trainer.fast_dev_run=true"]
+    run_train([*args, "model.log_images=false", f"hydra.run.dir={tmp_path}"], cache_dir)
+    split = json.loads((tmp_path / "split.json").read_text())["splits"]
+    assert sum(len({item["patient"] for item in items}) for items in split.values()) == 15
+
+
+@needs_chaos
+@pytest.mark.slow
+def test_train_py_ends_in_one_line_on_a_series_with_a_missing_slice(cache_dir, tmp_path):
+    from .helpers import run_train
+
+    root = copy_patient(tmp_path)
+    for patient in ("CHAOS_MR_03", "CHAOS_MR_05"):  # three patients for a split
+        shutil.copytree(CHAOS / "images" / patient, root / "images" / patient)
+        shutil.copy(CHAOS / "masks" / f"{patient}.nii.gz", root / "masks")
+    (root / "images" / "CHAOS_MR_02" / "IMG-0010.dcm").unlink()
+    before = sorted(p.name for p in root.rglob("*"))
+    result = run_train([f"data.root={root}", f"hydra.run.dir={tmp_path / 'run'}"], cache_dir, check=False)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "CHAOS_MR_02): a slice is missing after IMG-0009.dcm" in lines[0]
+    assert sorted(p.name for p in root.rglob("*")) == before  # the source untouched
