@@ -83,11 +83,20 @@ def test_eval_and_predict_feed_the_same_stacks(context_checkpoint, demo_root, tm
     assert any(p.name.endswith(".nii.gz") for p in written) and any(p.suffix == ".dcm" for p in written)
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: float sums, and so the numbers, depend on the thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.slow
-def test_a_2d_run_gives_the_numbers_it_gave_before_volumes(make_cfg):
-    # the demo at 64 px for 8 epochs scored these at 0.2.0 (before series, context and per-volume scores);
-    # context_slices=0 must reproduce them exactly on this pinned CPU stack
+def test_a_2d_run_gives_the_numbers_it_gave_before_volumes(make_cfg, one_thread):
+    # the demo at 64 px for 8 epochs on one thread scored these at 0.2.0 (before series, context and per-volume
+    # scores); context_slices=0 must reproduce them exactly on this pinned CPU stack
     _, metrics = train(make_cfg(["stage.stages.0.epochs=8", "data.image_size=64", "model.log_images=false"]))
-    assert metrics["val/dice_mean"] == pytest.approx(0.560073971748352, abs=1e-6)
-    assert metrics["test/dice_mean"] == pytest.approx(0.44785547256469727, abs=1e-6)
-    assert metrics["test/dice_lesion"] == pytest.approx(0.32006126642227173, abs=1e-6)
+    assert metrics["val/dice_mean"] == pytest.approx(0.5232988595962524, abs=1e-6)
+    assert metrics["test/dice_mean"] == pytest.approx(0.4924655258655548, abs=1e-6)
+    assert metrics["test/dice_lesion"] == pytest.approx(0.33018869161605835, abs=1e-6)
