@@ -124,3 +124,24 @@ def read_nifti_slice(path: Path, k: int, window=None) -> tuple[np.ndarray, Slice
 def read_label_slice(path: Path, k: int) -> np.ndarray:
     """Slice K of a label volume on its image's grid, displayed as the image is."""
     return display_slice(canonical(str(path))[0], k)
+
+
+def slice_count(path: Path) -> int:
+    """Axial slices of a NIfTI image volume in canonical orientation."""
+    return int(canonical(str(path))[0].shape[2])
+
+
+def label_volume(source: Path, masks: list[np.ndarray]):
+    """A NIfTI label image on SOURCE's grid and in its orientation from displayed slice MASKS (read_nifti_slice's
+    order): the inverse of display_slice, then back from canonical to the file's own axes."""
+    import nibabel as nib
+
+    image = nib.load(source)
+    data, affine = canonical(str(source))
+    volume = np.zeros(data.shape[:3], np.uint8)
+    for k, mask in enumerate(masks):
+        volume[::-1, ::-1, k] = mask.T
+    labels = nib.Nifti1Image(volume, affine)
+    original = nib.orientations.io_orientation(image.affine)
+    back = nib.orientations.ornt_transform(nib.orientations.io_orientation(affine), original)
+    return labels.as_reoriented(back)

@@ -19,9 +19,10 @@ import pydicom
 from PIL import Image
 
 from medseg import __version__
-from medseg.data.decode import load_dicom_frames, load_image
+from medseg.data.decode import load_dicom_frames, load_image, model_input
 from medseg.data.dicom import slice_position
 from medseg.data.index import IMAGE_SUFFIXES, Sample
+from medseg.data.nifti import label_volume, read_nifti_slice, slice_count
 from medseg.deploy.predictor import Predictor
 from medseg.utils.cli import add_inference_options, inference_options, progress, run_cli
 from medseg.utils.io import atomic_path
@@ -31,15 +32,23 @@ from medseg.utils.visualize import overlay, palette_png, to_uint8
 log = logging.getLogger(__name__)
 
 
+INPUT_SUFFIXES = (*IMAGE_SUFFIXES, ".dcm")
+
+
+def is_nifti(path: Path) -> bool:
+    """Whether PATH names a NIfTI volume."""
+    return path.name.lower().endswith((".nii", ".nii.gz"))
+
+
 def find_inputs(path: Path) -> list[Path]:
-    """DICOM and image files at PATH (a file or a folder searched recursively)."""
+    """DICOM, NIfTI and image files at PATH (a file or a folder searched recursively)."""
     if path.is_file():
         return [path]
     if not path.is_dir():
         raise FileNotFoundError(f"input not found: {path}")
-    files = [p for p in sorted(path.rglob("*")) if p.is_file() and (p.suffix.lower() in (*IMAGE_SUFFIXES, ".dcm"))]
+    files = [p for p in sorted(path.rglob("*")) if p.is_file() and (p.suffix.lower() in INPUT_SUFFIXES or is_nifti(p))]
     if not files:
-        raise FileNotFoundError(f"{path}: no .dcm, .png or .jpg files")
+        raise FileNotFoundError(f"{path}: no .dcm, .nii.gz, .png or .jpg files")
     return files
 
 
@@ -145,6 +154,22 @@ def write_nifti(sources: Sequence[Path], masks: Sequence[np.ndarray], out: Path)
     return path
 
 
+def predict_volume(predictor: Predictor, path: Path, out: Path, policy: str, name: str, written: list) -> int:
+    """Segment a NIfTI image volume slice by slice (context stacks, spacing as trained); its label volume, on the
+    source's grid and in its orientation, goes to OUT/NAME_seg.nii.gz and WRITTEN. Returns the slices predicted."""
+    import nibabel as nib
+
+    info = predictor.info
+    decoded = [read_nifti_slice(path, k, info.window) for k in range(slice_count(path))]
+    images = [model_input(image, path, info.in_channels) for image, _ in decoded]
+    masks = predictor.segment_series(images, policy, [meta.pixel_spacing for _, meta in decoded])
+    target = out / f"{name.removesuffix('.gz').removesuffix('.nii')}_seg.nii.gz"
+    with atomic_path(target) as tmp:
+        nib.save(label_volume(path, masks), tmp)
+    written.append(target)
+    return len(masks)
+
+
 def predict(
     model: str | Path | Sequence[str | Path],
     source: str | Path,
@@ -163,12 +188,15 @@ def predict(
     files = find_inputs(source)
     register_source(source if source.is_dir() else source.parent)
     dicoms = [p for p in files if p.suffix.lower() == ".dcm"]
-    images = [p for p in files if p.suffix.lower() != ".dcm"]
+    volumes = [p for p in files if is_nifti(p)]
+    images = [p for p in files if p.suffix.lower() != ".dcm" and not is_nifti(p)]
     written: list[Path] = []
     skipped: list[tuple[Path, str]] = []
     predicted = 0
     for uid, items in group_series(dicoms, skipped).items():
         predicted += predict_series(predictor, uid, [p for p, _ in items], out, policy, nifti, skipped, written)
+    for path in volumes:
+        predicted += predict_volume(predictor, path, out, policy, output_name(path, source, keep_names), written)
     for path in progress(images, len(images), "images"):
         try:
             image = load_image(Sample(path, path, "", "image"), predictor.info.in_channels)
