@@ -71,7 +71,7 @@ def test_datamodule_split_file_and_no_patient_leak(demo_root, tmp_path):
 
 
 def test_decode_cache_second_epoch_never_decodes(demo_root, monkeypatch, tmp_path):
-    import medseg.data.datamodule as dmod
+    import medseg.data.sources as dmod  # where a sample is decoded
 
     calls = []
     real = dmod.load_image_meta
@@ -91,7 +91,7 @@ def test_decode_cache_second_epoch_never_decodes(demo_root, monkeypatch, tmp_pat
 def test_disk_cache_is_keyed_by_content_and_settings(demo_root, monkeypatch, tmp_path):
     import shutil
 
-    import medseg.data.datamodule as dmod
+    import medseg.data.sources as dmod  # where a sample is decoded
 
     root = tmp_path / "data"
     shutil.copytree(demo_root, root)

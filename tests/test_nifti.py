@@ -9,9 +9,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medseg.data.datamodule import index_layout
 from medseg.data.decode import load_image_meta, load_mask
 from medseg.data.nifti import nnunet_class_names
+from medseg.data.sources import index_layout
 from medseg.evaluation.volumes import slice_spacing
 
 from .conftest import REPO

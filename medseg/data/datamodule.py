@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -14,14 +13,14 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader
 
-from medseg.data.augment import STRENGTHS, build_augmentation, size_pair
+from medseg.data.augment import size_pair
 from medseg.data.cache import DecodeCache
 from medseg.data.context import series_neighbours
 from medseg.data.dataset import SliceDataset, seed_worker_augmentation
-from medseg.data.decode import MaskValueError, fit_to_size, load_image_meta, load_mask
-from medseg.data.index import Sample, index_dicom, index_folder, source_fingerprint
-from medseg.data.nifti import index_nnunet
-from medseg.data.spacing import to_spacing
+from medseg.data.decode import MaskValueError
+from medseg.data.index import Sample, source_fingerprint
+from medseg.data.loaders import SplitLoaders, count_pixels, loader_workers, pin_memory
+from medseg.data.sources import decode_sample, index_layout, select_files
 from medseg.data.split import fold_split, split_patients, subset_patients
 from medseg.data.synthetic import CLASS_NAMES as DEMO_CLASSES
 from medseg.data.synthetic import ensure_demo_dataset
@@ -29,115 +28,6 @@ from medseg.utils.io import atomic_path
 from medseg.utils.privacy import pseudonym, pseudonymous_path
 
 log = logging.getLogger(__name__)
-
-
-def decode_sample(
-    sample: Sample,
-    *,
-    in_channels,
-    window,
-    size,
-    size_policy,
-    num_classes,
-    mapping,
-    threshold,
-    ignore_index,
-    spacing=None,
-    with_meta: bool = False,
-):
-    """Decode, validate and resize one sample: (image, mask), plus its SliceMeta WITH_META (picklable for workers)."""
-    image, meta = load_image_meta(sample, in_channels, window)
-    mask = load_mask(sample, num_classes, mapping, threshold, ignore_index, meta, image.shape[:2])
-    if image.shape[:2] != mask.shape:
-        raise ValueError(f"{sample.mask}: mask size {mask.shape} differs from image size {image.shape[:2]}")
-    image, mask = to_spacing(image, mask, meta.pixel_spacing if meta is not None else None, spacing, sample.image)
-    image, mask = fit_to_size(image, mask, size, size_policy)
-    return (image, mask, meta) if with_meta else (image, mask)
-
-
-def loader_workers(setting: int | str | None, trainer: L.Trainer | None) -> int:
-    """DataLoader worker count: an int as given; "auto" is 0 on CPU and up to 8 per GPU process otherwise."""
-    if setting not in (None, "auto"):
-        return int(setting)
-    accelerator = type(getattr(trainer, "accelerator", None)).__name__.lower()
-    if "cpu" in accelerator or trainer is None:
-        return 0
-    per_node = max(1, int(getattr(trainer, "num_devices", 1) or 1))
-    return max(1, min(8, (os.cpu_count() or 1) // per_node))
-
-
-def count_pixels(masks: Iterable[np.ndarray], num_classes: int, ignore_index: int = 255) -> np.ndarray:
-    """Pixels per class over MASKS (class-index arrays), ignoring IGNORE_INDEX."""
-    counts = np.zeros(num_classes, dtype=np.int64)
-    for mask in masks:
-        counts += np.bincount(mask[mask != ignore_index].ravel(), minlength=num_classes)[:num_classes]
-    return counts
-
-
-LAYOUTS = ("dicom", "folder", "nnunet")
-
-
-def index_layout(root: Path, layout: str, strict: bool = False, patient_regex: str = r"^(.*)$") -> list[Sample]:
-    """The samples of a data root in LAYOUT: dicom (images/ + masks/), folder (image files) or nnunet (NIfTI)."""
-    if layout == "dicom":
-        return index_dicom(root, strict)
-    if layout == "folder":
-        return index_folder(root, patient_regex)
-    if layout == "nnunet":
-        return index_nnunet(root)
-    raise ValueError(f"data.layout={layout!r}: choose one of {', '.join(LAYOUTS)}")
-
-
-def select_files(samples: list[Sample], include: str | None, exclude: str | None, root: Path) -> list[Sample]:
-    """Samples whose image file name matches INCLUDE and not EXCLUDE (regular expressions, searched)."""
-    if include is None and exclude is None:
-        return samples
-    inc, exc = (re.compile(r) if r else None for r in (include, exclude))
-    kept = [s for s in samples if (not inc or inc.search(s.image.name)) and not (exc and exc.search(s.image.name))]
-    if not kept:
-        raise ValueError(f"{root}: no image file name matches include_regex={include!r}, exclude_regex={exclude!r}")
-    return kept
-
-
-def pin_memory(trainer: L.Trainer | None) -> bool:
-    """Page-locked host batches when training on CUDA."""
-    return trainer is not None and "cuda" in type(trainer.accelerator).__name__.lower()
-
-
-class SplitLoaders:
-    """train/val/test dataloaders from a data module's `dataset(split, augment)` and `_loader(dataset, train)`.
-
-    The training stage owns the data fraction, augmentation strength and training size: `set_stage` takes them.
-    """
-
-    image_size: tuple[int, int]
-    data_fraction: float = 1.0
-    aug_strength: str = "low"
-    train_size: tuple[int, int] | None = None  # a stage's training size (progressive resizing); None: image_size
-
-    def set_stage(
-        self, data_fraction: float = 1.0, aug_strength: str = "low", train_size: tuple[int, int] | None = None
-    ) -> None:
-        """Train on DATA_FRACTION of the (labelled) training patients at AUG_STRENGTH, resized to TRAIN_SIZE."""
-        if not 0.0 < data_fraction <= 1.0:
-            raise ValueError(f"data_fraction must be in (0, 1], got {data_fraction}")
-        if aug_strength not in STRENGTHS:
-            raise ValueError(f"aug_strength must be one of {list(STRENGTHS)}, got {aug_strength!r}")
-        self.data_fraction, self.aug_strength, self.train_size = data_fraction, aug_strength, train_size
-
-    def train_transform(self, seed: int | None):
-        """The training augmentation at the current strength, resized to the stage's `train_size` if it differs."""
-        size = self.train_size if self.train_size and tuple(self.train_size) != self.image_size else None
-        return build_augmentation(self.aug_strength, seed, size)
-
-    def train_dataloader(self):
-        return self._loader(self.dataset("train", augment=True), train=True)
-
-    def val_dataloader(self):
-        return self._loader(self.dataset("val"), train=False)
-
-    def test_dataloader(self):
-        return self._loader(self.dataset("test"), train=False)
 
 
 class SegmentationDataModule(SplitLoaders, L.LightningDataModule):

@@ -11,8 +11,8 @@ import numpy as np
 from litdata import StreamingDataLoader, StreamingDataset
 
 from medseg.data.augment import size_pair
-from medseg.data.datamodule import SplitLoaders, count_pixels, loader_workers, pin_memory
 from medseg.data.dataset import seed_worker_augmentation, to_tensors
+from medseg.data.loaders import SplitLoaders, count_pixels, loader_workers, pin_memory
 from medseg.data.prepared import SPLITS, read_metadata, verify_chunks
 from medseg.data.split import subset_size
 

@@ -1,0 +1,59 @@
+"""A data root in its layout: its samples (indexed, selected by file name), and one sample decoded for training."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from medseg.data.decode import fit_to_size, load_image_meta, load_mask
+from medseg.data.index import Sample, index_dicom, index_folder
+from medseg.data.nifti import index_nnunet
+from medseg.data.spacing import to_spacing
+
+LAYOUTS = ("dicom", "folder", "nnunet")
+
+
+def index_layout(root: Path, layout: str, strict: bool = False, patient_regex: str = r"^(.*)$") -> list[Sample]:
+    """The samples of a data root in LAYOUT: dicom (images/ + masks/), folder (image files) or nnunet (NIfTI)."""
+    if layout == "dicom":
+        return index_dicom(root, strict)
+    if layout == "folder":
+        return index_folder(root, patient_regex)
+    if layout == "nnunet":
+        return index_nnunet(root)
+    raise ValueError(f"data.layout={layout!r}: choose one of {', '.join(LAYOUTS)}")
+
+
+def select_files(samples: list[Sample], include: str | None, exclude: str | None, root: Path) -> list[Sample]:
+    """Samples whose image file name matches INCLUDE and not EXCLUDE (regular expressions, searched)."""
+    if include is None and exclude is None:
+        return samples
+    inc, exc = (re.compile(r) if r else None for r in (include, exclude))
+    kept = [s for s in samples if (not inc or inc.search(s.image.name)) and not (exc and exc.search(s.image.name))]
+    if not kept:
+        raise ValueError(f"{root}: no image file name matches include_regex={include!r}, exclude_regex={exclude!r}")
+    return kept
+
+
+def decode_sample(
+    sample: Sample,
+    *,
+    in_channels,
+    window,
+    size,
+    size_policy,
+    num_classes,
+    mapping,
+    threshold,
+    ignore_index,
+    spacing=None,
+    with_meta: bool = False,
+):
+    """Decode, validate and resize one sample: (image, mask), plus its SliceMeta WITH_META (picklable for workers)."""
+    image, meta = load_image_meta(sample, in_channels, window)
+    mask = load_mask(sample, num_classes, mapping, threshold, ignore_index, meta, image.shape[:2])
+    if image.shape[:2] != mask.shape:
+        raise ValueError(f"{sample.mask}: mask size {mask.shape} differs from image size {image.shape[:2]}")
+    image, mask = to_spacing(image, mask, meta.pixel_spacing if meta is not None else None, spacing, sample.image)
+    image, mask = fit_to_size(image, mask, size, size_policy)
+    return (image, mask, meta) if with_meta else (image, mask)
