@@ -154,6 +154,11 @@ def validate_config(cfg: DictConfig) -> None:
         raise ValueError("data.root is required with this data config: the folder to train on")
     checks = data_checks(data, "data.") | {
         "data.batch_size": (data.get("batch_size"), positive_int, "a positive integer"),
+        "data.spacing": (
+            data.get("spacing"),
+            lambda v: v is None or (isinstance(v, list) and len(v) == 2 and all(number(x) and x > 0 for x in v)),
+            "null or [row_mm, col_mm], two positive numbers",
+        ),
         "data.context_slices": (
             data.get("context_slices", 0),
             lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 8,

@@ -15,6 +15,7 @@ from medseg.data.context import series_neighbours, stack_indices
 from medseg.deploy.export import export_checkpoint
 from medseg.deploy.predict import predict
 from medseg.deploy.predictor import Predictor
+from medseg.deploy.quantize import quantize_checkpoint_model
 from medseg.evaluation.evaluate import evaluate
 from medseg.training.pipeline import train
 
@@ -72,6 +73,8 @@ def test_the_onnx_model_takes_three_channels_and_matches_pytorch(context_checkpo
     images = [np.random.default_rng(i).random((64, 64, 1), dtype=np.float32) for i in range(3)]
     batch = np.concatenate(images, axis=-1).transpose(2, 0, 1)[None]
     np.testing.assert_allclose(onnx_model.logits(batch), torch_model.logits(batch), atol=1e-4)
+    report = quantize_checkpoint_model(context_checkpoint, path, tolerance=1.0, calibration_batches=2)
+    assert Predictor(report.path).info.context_slices == 1  # calibrated and gated on 3-channel stacks
 
 
 def test_eval_and_predict_feed_the_same_stacks(context_checkpoint, demo_root, tmp_path):
@@ -100,3 +103,18 @@ def test_a_2d_run_gives_the_numbers_it_gave_before_volumes(make_cfg, one_thread)
     assert metrics["val/dice_mean"] == pytest.approx(0.5232988595962524, abs=1e-6)
     assert metrics["test/dice_mean"] == pytest.approx(0.4924655258655548, abs=1e-6)
     assert metrics["test/dice_lesion"] == pytest.approx(0.33018869161605835, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.context_slices=-1", "data.context_slices: expected an integer from 0 to 8, got -1"),
+        ("data.spacing=[1.0]", "data.spacing: expected null or [row_mm, col_mm], two positive numbers, got [1.0]"),
+    ],
+)
+def test_volume_settings_are_checked_before_anything_is_decoded(make_cfg, override, message):
+    from medseg.config import validate_config
+
+    with pytest.raises(ValueError) as error:
+        validate_config(make_cfg([override]))
+    assert str(error.value) == message
