@@ -139,3 +139,16 @@ def test_medseg_predict_writes_a_label_volume_on_the_source_grid(demo_checkpoint
     labels, image = nib.load(written), nib.load(source)
     assert labels.shape == image.shape and np.allclose(labels.affine, image.affine)
     assert written.name.endswith("_seg.nii.gz") and "CASE_000" not in written.name  # a keyed pseudonym
+
+
+def test_medseg_eval_scores_an_nnunet_dataset_per_volume(demo_checkpoint, tmp_path):
+    import csv
+
+    from medseg.evaluation.evaluate import evaluate
+
+    root = write_dataset(tmp_path / "d")
+    evaluate(demo_checkpoint, root, tmp_path / "eval", worst=1, mask_mapping={2: 0})
+    with open(tmp_path / "eval" / "cases.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len({r["case"] for r in rows}) == 3 and {int(r["slices"]) for r in rows} == {5}
+    assert {r["unit"] for r in rows} == {"mm"}

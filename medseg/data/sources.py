@@ -13,6 +13,13 @@ from medseg.data.spacing import to_spacing
 LAYOUTS = ("dicom", "folder", "nnunet")
 
 
+def detect_layout(root: Path) -> str:
+    """The layout of a data root: nnunet (dataset.json), dicom (.dcm files under images/) or folder."""
+    if (root / "dataset.json").is_file():
+        return "nnunet"
+    return "dicom" if any((root / "images").rglob("*.dcm")) else "folder"
+
+
 def index_layout(root: Path, layout: str, strict: bool = False, patient_regex: str = r"^(.*)$") -> list[Sample]:
     """The samples of a data root in LAYOUT: dicom (images/ + masks/), folder (image files) or nnunet (NIfTI)."""
     if layout == "dicom":

@@ -29,7 +29,8 @@ from PIL import Image
 
 from medseg.data.context import series_neighbours, stack_images
 from medseg.data.decode import load_image_meta, load_mask
-from medseg.data.index import Sample, index_dicom, index_folder
+from medseg.data.index import Sample
+from medseg.data.sources import detect_layout, index_layout
 from medseg.deploy.predictor import Predictor
 from medseg.evaluation.scores import SplitScores, case_scores
 from medseg.evaluation.volumes import Scored, group_cases
@@ -68,8 +69,7 @@ def evaluate(
     predictor = Predictor(model, tta=tta, keep_largest=keep_largest)
     info, out, data_dir = predictor.info, Path(out), Path(data_dir)
     classes = info.class_names
-    dicom = any((data_dir / "images").rglob("*.dcm"))
-    samples = index_dicom(data_dir) if dicom else index_folder(data_dir, patient_regex)
+    samples = index_layout(data_dir, detect_layout(data_dir), patient_regex=patient_regex)
     if split_file is not None:
         samples = split_samples(samples, data_dir, split_file, split)
     whole, scored, names = SplitScores(classes), [], []
