@@ -126,7 +126,7 @@ def prepared_setting(root: str, key: str):
 
     settings = read_metadata(root)["settings"]
     defaults = {"context_slices": 0, "spacing": None}  # folders prepared before these settings existed
-    return settings[key] if key in settings or key not in defaults else defaults[key]
+    return settings.get(key, defaults[key]) if key in defaults else settings[key]
 
 
 register_resolvers()

@@ -53,7 +53,7 @@ class SliceDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
         image, mask = self.load(index)
         if self.stacks is not None and len(self.stacks[index]) > 1:  # one augmentation draw for the whole stack
-            image = np.concatenate([self.load(j)[0] for j in self.stacks[index]], axis=-1)
+            image = np.concatenate([image if j == index else self.load(j)[0] for j in self.stacks[index]], axis=-1)
         return {**to_tensors(image, mask, self.augment), "index": index}
 
 

@@ -76,16 +76,25 @@ def _modality(ds: pydicom.Dataset, stored: np.ndarray, frame: int) -> np.ndarray
     return np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
 
 
-def _voi(ds: pydicom.Dataset, values: np.ndarray, frame: int, window, voi_index: int):
-    """Apply the VOI stage; returns (image in [0, 1], window description)."""
+def given_window(values: np.ndarray, window) -> tuple[np.ndarray, tuple[float, float]] | None:
+    """VALUES through a window the user gave (a preset name or [center, width]): (image in [0, 1], (center,
+    width)); None when WINDOW is None."""
+    if window is None:
+        return None
     if isinstance(window, str):
         if window not in WINDOW_PRESETS:
             raise ValueError(f"unknown window preset {window!r}; choose from {sorted(WINDOW_PRESETS)}")
         center, width = WINDOW_PRESETS[window]
-        return apply_window(values, center, width), (center, width)
-    if window is not None:
+    else:
         center, width = (float(v) for v in window)
-        return apply_window(values, center, width), (center, width)
+    return apply_window(values, center, width), (center, width)
+
+
+def _voi(ds: pydicom.Dataset, values: np.ndarray, frame: int, window, voi_index: int):
+    """Apply the VOI stage; returns (image in [0, 1], window description)."""
+    given = given_window(values, window)
+    if given is not None:
+        return given
     item = _frame_item(ds, frame, "FrameVOILUTSequence")
     source = item if item is not None and "WindowCenter" in item else ds
     if "WindowCenter" in source and "WindowWidth" in source:

@@ -66,7 +66,10 @@ def pixel_voxels(position, orientation, spacing, rows: np.ndarray, cols: np.ndar
 def check_nifti_fits(path: Path, slices: Sequence) -> None:
     """Refuse a NIfTI label volume that does not cover its DICOM series voxel for pixel: the corner pixels
     of the first and last slice must land inside the volume, on voxel centres (within a quarter voxel)."""
-    volume, affine = _nifti(str(path))
+    import nibabel as nib
+
+    volume = nib.load(path)  # the header's grid: no voxel data read
+    affine = volume.affine
     offsets = []
     for ref in (slices[0], slices[-1]):
         rows, cols = ref.shape

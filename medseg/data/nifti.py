@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.data.dicom import WINDOW_PRESETS, SliceMeta, apply_window, auto_window
+from medseg.data.dicom import SliceMeta, auto_window, given_window
 from medseg.data.index import Sample
 from medseg.utils.privacy import register_source
 
@@ -77,7 +77,8 @@ def check_label_grid(image: Path, label: Path) -> int:
         raise ValueError(f"{label}: shape {second.shape[:3]} does not match its image's {first.shape[:3]}")
     if not np.allclose(first.affine, second.affine, atol=1e-3):
         raise ValueError(f"{label}: its affine does not match its image's (another grid or orientation)")
-    return int(nib.as_closest_canonical(first).shape[2])
+    superior = np.flatnonzero(nib.orientations.io_orientation(first.affine)[:, 0] == 2)[0]  # the axis along S
+    return int(first.shape[superior])
 
 
 @lru_cache(maxsize=4)
@@ -110,15 +111,8 @@ def read_nifti_slice(path: Path, k: int, window=None) -> tuple[np.ndarray, Slice
     """Slice K of an image volume as float32 in [0, 1] (a window preset or [center, width], e.g. in HU; else
     the 0.5-99.5 percentile range of the slice) with its geometry."""
     values = display_slice(canonical(str(path))[0], k).astype(np.float64)
-    if isinstance(window, str):
-        if window not in WINDOW_PRESETS:
-            raise ValueError(f"unknown window preset {window!r}; choose from {sorted(WINDOW_PRESETS)}")
-        window = WINDOW_PRESETS[window]
-    if window is not None:
-        image = apply_window(values, *(float(v) for v in window))
-    else:
-        image, _ = auto_window(values)
-    return image, slice_meta(path, k, window)
+    image, used = given_window(values, window) or auto_window(values)
+    return image, slice_meta(path, k, used if window is not None else None)
 
 
 def read_label_slice(path: Path, k: int) -> np.ndarray:

@@ -21,7 +21,7 @@ import shutil
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -70,12 +70,19 @@ class Item:
     stack: tuple[Sample, ...] = ()  # the samples whose images are stacked as its channels (context slices)
 
 
+@lru_cache(maxsize=32)
+def _decoded(decode, sample: Sample):
+    """DECODE(SAMPLE) with its metadata, remembered for the neighbouring items that stack the same slice (a
+    worker encodes a series' slices in order)."""
+    return decode(sample, with_meta=True)
+
+
 def encode_item(item: Item, decode, dtype: str) -> dict | None:
     """Decode one sample into a litdata item; None (and a line in refused.jsonl) when it cannot be read."""
     try:
-        image, mask, meta = decode(item.sample, with_meta=True)
+        image, mask, meta = _decoded(decode, item.sample)
         if len(item.stack) > 1:
-            image = np.concatenate([image if s == item.sample else decode(s)[0] for s in item.stack], axis=-1)
+            image = np.concatenate([_decoded(decode, s)[0] for s in item.stack], axis=-1)
     except (ValueError, OSError) as exc:
         logging.getLogger(__name__).error("refused %s", exc)
         kind = "mask_values" if isinstance(exc, MaskValueError) else "unreadable"

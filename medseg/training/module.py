@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -157,7 +158,8 @@ class SegmentationModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         dice = float(self._log_metrics(self.val_metrics, "val")["val/dice_mean"])
         if not self.trainer.sanity_checking:
-            self.best_val_dice = max(self.best_val_dice, dice) if dice == dice else self.best_val_dice
+            if not math.isnan(dice):
+                self.best_val_dice = max(self.best_val_dice, dice)
             if self.best_val_dice > float("-inf"):
                 self.log("val/dice_best", self.best_val_dice)
 
