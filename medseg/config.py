@@ -125,7 +125,8 @@ def prepared_setting(root: str, key: str):
     from medseg.data.prepared import read_metadata
 
     settings = read_metadata(root)["settings"]
-    defaults = {"context_slices": 0, "spacing": None}  # folders prepared before these settings existed
+    # folders prepared before these settings existed
+    defaults = {"context_slices": 0, "spacing": None, "normalize": "window"}
     return settings.get(key, defaults[key]) if key in defaults else settings[key]
 
 

@@ -46,6 +46,9 @@ def test_prepare_writes_splits_and_reruns_as_noop(prepared, demo_root):
     meta = read_metadata(prepared)
     assert {k: v["items"] for k, v in meta["splits"].items()} == {"train": 64, "val": 16, "test": 16}
     assert meta["settings"]["image_size"] == [SIZE, SIZE] and meta["splits"]["train"]["patient_items"] == [8] * 8
+    volumes = meta["splits"]["test"]["volumes"]  # for the test step's per-volume scores
+    assert [len(v["items"]) for v in volumes] == [8, 8] and all(v["spacing"] == [5.0, 6.0, 6.0] for v in volumes)
+    assert StreamDataModule(str(prepared)).volumes("test") == volumes
     stamp = (prepared / "medseg.json").stat().st_mtime_ns
     chunks = {p: p.stat().st_mtime_ns for p in prepared.rglob("*.bin")}
     again = prepare(demo_root, prepared, workers=1, image_size=SIZE)

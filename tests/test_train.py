@@ -62,10 +62,12 @@ def test_short_run_writes_config_split_checkpoint_and_events(make_cfg, tmp_path)
     assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "checkpoints" / "best.ckpt").is_file()
     assert metric == pytest.approx(metrics["best/val/dice_mean"]) and metric >= metrics["val/dice_mean"]
     assert 0.0 <= metrics["test/dice_mean"] <= 1.0
+    assert 0.0 <= metrics["test/volume_dice_mean"] <= 1.0 and 0.0 <= metrics["test/volume_nsd_organ"] <= 1.0
     events = read_events(run / "tensorboard")
     scalars = set(events.Tags()["scalars"])
     assert {"train/loss_epoch", "val/loss", "val/dice_mean", "val/dice_organ", "val/dice_lesion", "lr-AdamW"} <= scalars
     assert len(events.Scalars("val/dice_mean")) == 2
+    assert {"test/volume_dice_organ", "test/volume_hd95_organ", "test/volume_nsd_lesion"} <= scalars
     images = events.Tags()["images"]
     assert "val/prediction" in images
     image = events.Images("val/prediction")[0]

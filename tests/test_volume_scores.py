@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from medseg.data.datamodule import SegmentationDataModule
 from medseg.evaluation.scores import case_scores
+from medseg.evaluation.volumes import volume_means
 
 SPACING = (2.5, 1.0, 0.8)  # slice, row, column (mm)
 
@@ -54,3 +56,38 @@ def test_empty_masks_follow_the_convention_in_volumes():
     assert missed["dice"][0] == 0.0 and missed["nsd"][0] == 0.0 and np.isnan(missed["hd95"][0])
     neither = case_scores(empty, empty, 2, SPACING, nsd_tolerance=2.0)
     assert all(np.isnan(neither[m][0]) for m in ("dice", "hd95", "nsd"))
+
+
+def test_the_test_step_means_are_the_per_volume_scores_averaged():
+    perfect, shifted = ball(11), ball(12)
+    slices = {i: (perfect[i], perfect[i]) for i in range(24)}  # volume a: slices 0..23, perfect
+    slices |= {100 + i: (shifted[i], perfect[i]) for i in range(24)}  # volume b: shifted by one slice
+    volumes = [
+        {"name": "a", "items": list(range(24)), "spacing": list(SPACING)},
+        {"name": "b", "items": [100 + i for i in range(24)], "spacing": list(SPACING)},
+    ]
+    means = volume_means(slices, volumes, ["background", "ball"], "test")
+    expected = case_scores(shifted, perfect, 2, SPACING, 2.0)
+    assert means["test/volume_dice_ball"] == pytest.approx((1 + expected["dice"][0]) / 2)
+    assert means["test/volume_hd95_ball"] == pytest.approx(expected["hd95"][0] / 2) == pytest.approx(1.25)
+    assert means["test/volume_nsd_ball"] == pytest.approx((1 + expected["nsd"][0]) / 2)
+    assert means["test/volume_dice_mean"] == means["test/volume_dice_ball"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "spacing"),
+    [
+        ({}, [5.0, 6.0, 6.0]),  # 256 px at 1.5 mm stretched to 64 px
+        ({"size_policy": "crop", "spacing": [3.0, 3.0]}, [5.0, 3.0, 3.0]),
+        ({"size_policy": "letterbox", "image_size": [64, 32]}, [5.0, 12.0, 12.0]),
+    ],
+)
+def test_test_volumes_are_the_series_in_slice_order_on_the_networks_grid(demo_root, overrides, spacing):
+    dm = SegmentationDataModule(**{"image_size": 64, **overrides}, cache_dir=str(demo_root.parent), preload=False)
+    dm.setup()
+    volumes = dm.volumes("test")
+    samples = dm.splits["test"]
+    assert len(volumes) == 2 and sorted(i for v in volumes for i in v["items"]) == list(range(len(samples)))
+    for volume in volumes:
+        assert [samples[i].slice_index for i in volume["items"]] == list(range(8))
+        assert volume["spacing"] == pytest.approx(spacing)

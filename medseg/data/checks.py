@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from medseg.data.dicom import WINDOW_PRESETS
+from medseg.data.intensity import SCHEMES
 
 # key -> (value, check, what was expected)
 Checks = dict[str, tuple[Any, Callable[[Any], bool], str]]
@@ -50,9 +51,11 @@ def mapping(value) -> bool:
 
 
 def data_checks(data: Mapping, prefix: str) -> Checks:
-    """The checks of the decoding settings in DATA (window, mask threshold and mapping), keys named with PREFIX."""
+    """The checks of the decoding settings in DATA (window, normalize, mask threshold and mapping), keys named with
+    PREFIX."""
     checks = {
         "window": (window, f"null, a preset {sorted(WINDOW_PRESETS)} or [center, width > 0]"),
+        "normalize": (lambda v: v in SCHEMES, f"one of {', '.join(SCHEMES)}"),
         "mask_threshold": (lambda v: v is None or label_value(v), "null or an integer label value in 0..65535"),
         "mask_mapping": (mapping, "null or a mapping of label values to class indices, e.g. {255: 1}"),
     }

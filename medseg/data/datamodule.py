@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -17,10 +18,12 @@ from medseg.data.augment import size_pair
 from medseg.data.cache import DecodeCache
 from medseg.data.context import series_neighbours
 from medseg.data.dataset import SliceDataset, seed_worker_augmentation
-from medseg.data.decode import MaskValueError
+from medseg.data.decode import MaskValueError, load_mask
+from medseg.data.geometry import split_volumes
 from medseg.data.index import Sample, source_fingerprint
+from medseg.data.intensity import Intensity
 from medseg.data.loaders import SplitLoaders, count_pixels, loader_workers, pin_memory
-from medseg.data.sources import decode_sample, index_layout, select_files
+from medseg.data.sources import decode_sample, index_layout, sample_intensity, select_files
 from medseg.data.split import fold_split, split_patients, subset_patients
 from medseg.data.synthetic import CLASS_NAMES as DEMO_CLASSES
 from medseg.data.synthetic import ensure_demo_dataset
@@ -45,6 +48,8 @@ class SegmentationDataModule(SplitLoaders, L.LightningDataModule):
         image_size: training size, an int or (height, width).
         size_policy: "stretch" or "letterbox" (keep the aspect ratio and pad).
         window: DICOM VOI window: None (from the file), a preset name or [center, width].
+        normalize: intensities: "window" (the VOI window), "ct" (clipped, z-scored with the training foreground's
+            statistics, kept in checkpoints), "zscore" (per series) or "auto" (by Modality); medseg.data.intensity.
         mask_mapping: mask value -> class index; mask_threshold: binarise masks at this value instead.
         ignore_index: mask value ignored by loss and metrics.
         patient_regex: first group of this regex on the file name is the patient (folder layout).
@@ -71,6 +76,7 @@ class SegmentationDataModule(SplitLoaders, L.LightningDataModule):
         image_size: int | Sequence[int] = 128,
         size_policy: str = "stretch",
         window: str | Sequence[float] | None = None,
+        normalize: str = "window",
         mask_mapping: Mapping[int, int] | None = None,
         mask_threshold: int | None = None,
         ignore_index: int = 255,
@@ -97,6 +103,7 @@ class SegmentationDataModule(SplitLoaders, L.LightningDataModule):
         self.class_names = list(class_names)
         self.splits: dict[str, list[Sample]] = {}
         self._cache: DecodeCache | None = None
+        self.intensity = Intensity()
         self._train_loaders = 0  # a new augmentation seed for every (re)loaded training epoch
 
     @property
@@ -125,6 +132,9 @@ class SegmentationDataModule(SplitLoaders, L.LightningDataModule):
         if shared or {s.patient for s in self.splits["val"]} & {s.patient for s in self.splits["test"]}:
             raise RuntimeError("a patient landed in two splits; the split is by the same key it checks")
         self.root = root
+        self.intensity = sample_intensity(
+            samples, hp.normalize, window=hp.window, train=self.splits["train"], labels=self._foreground
+        )
         self._prepare = partial(
             decode_sample,
             in_channels=hp.in_channels,
@@ -136,10 +146,14 @@ class SegmentationDataModule(SplitLoaders, L.LightningDataModule):
             threshold=hp.mask_threshold,
             ignore_index=hp.ignore_index,
             spacing=None if hp.spacing is None else [float(v) for v in hp.spacing],
+            intensity=self.intensity,
         )
         params = {k: hp[k] for k in ("in_channels", "window", "size_policy", "mask_mapping", "mask_threshold")}
         if hp.spacing is not None:  # cache keys of runs without spacing stay as they were
             params["spacing"] = [float(v) for v in hp.spacing]
+        if hp.normalize != "window":  # every statistic the decoding uses
+            digest = hashlib.sha1(repr((self.intensity.ct, sorted(self.intensity.series.items()))).encode())
+            params["normalize"] = f"{hp.normalize}:{digest.hexdigest()}"
         self._cache = DecodeCache({**params, "size": self.image_size, "classes": self.num_classes}, hp.decode_cache)
         if hp.preload:
             self.preload()
@@ -148,6 +162,22 @@ class SegmentationDataModule(SplitLoaders, L.LightningDataModule):
         )
         if hp.split_file:
             self.write_split(hp.split_file)
+
+    def _foreground(self, sample: Sample, values: np.ndarray, meta) -> np.ndarray:
+        """A training sample's foreground mask (mapped labels above background, ignore_index left out)."""
+        hp = self.hparams
+        classes, shape = self.num_classes, values.shape
+        mask = load_mask(sample, classes, hp.mask_mapping, hp.mask_threshold, hp.ignore_index, meta, shape)
+        return (mask > 0) & (mask != hp.ignore_index)
+
+    def volumes(self, split: str) -> list[dict]:
+        """The volumes of a split for per-volume scores: name, items (dataset indices in slice order), spacing."""
+        hp = self.hparams
+        return split_volumes(self.splits[split], self.image_size, hp.size_policy, hp.spacing)
+
+    def state_dict(self) -> dict:
+        """What checkpoints keep of the data: the intensity scheme and its dataset statistics."""
+        return {"intensity": self.intensity.stored()}
 
     def preload(self) -> None:
         """Decode every sample once into the cache; failures are logged per file and dropped (raised if strict).

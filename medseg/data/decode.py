@@ -12,6 +12,7 @@ from PIL import Image
 
 from medseg.data.dicom import SliceMeta, read_frames, read_slice
 from medseg.data.index import Sample
+from medseg.data.intensity import Intensity, zscored
 from medseg.data.labels import nifti_slice, read_png, seg_slice
 from medseg.data.nifti import read_label_slice, read_nifti_slice
 
@@ -20,8 +21,16 @@ class MaskValueError(ValueError):
     """A label file holds values that are not classes: a configuration problem, never skipped."""
 
 
-def load_image_meta(sample: Sample, in_channels: int, window=None) -> tuple[np.ndarray, SliceMeta | None]:
-    """Decode an image to float32 [H, W, C] in [0, 1], with DICOM metadata when it is DICOM."""
+def load_image_meta(
+    sample: Sample, in_channels: int, window=None, intensity: Intensity | None = None
+) -> tuple[np.ndarray, SliceMeta | None]:
+    """Decode an image to float32 [H, W, C] in [0, 1] (windowed, or normalised as INTENSITY says for its
+    modality), with its slice metadata for DICOM and NIfTI."""
+    scheme = intensity.scheme(sample.modality, sample.kind) if intensity else "window"
+    if scheme != "window":
+        values, meta = load_raw(sample, in_channels)
+        stats = intensity.statistics(scheme, series_key(sample))  # type: ignore[union-attr]
+        return model_input(zscored(values, stats), sample.image, in_channels), meta
     meta = None
     if sample.kind == "dicom":
         image, meta = read_slice(sample.image, window, frame=sample.frame)
@@ -32,9 +41,26 @@ def load_image_meta(sample: Sample, in_channels: int, window=None) -> tuple[np.n
     return model_input(image, sample.image, in_channels), meta
 
 
-def load_dicom_frames(path: Path, in_channels: int, window=None) -> list[tuple[np.ndarray, SliceMeta]]:
-    """Every frame of a DICOM file, decoded once, as model inputs float32 [H, W, C] in [0, 1] with its metadata."""
-    return [(model_input(image, path, in_channels), meta) for image, meta in read_frames(path, window)]
+def load_raw(sample: Sample, in_channels: int) -> tuple[np.ndarray, SliceMeta | None]:
+    """An image's raw values (modality values such as HU for DICOM, stored values for NIfTI) and metadata."""
+    if sample.kind == "dicom":
+        return read_slice(sample.image, frame=sample.frame, raw=True)
+    if sample.kind == "nifti":
+        return read_nifti_slice(sample.image, sample.frame, raw=True)
+    return read_image(sample.image, in_channels), None
+
+
+def series_key(sample: Sample) -> str:
+    """The series whose statistics a sample's zscore uses: its own, or the image itself for a 2-D image."""
+    return sample.series or f"{sample.image}#{sample.frame}"
+
+
+def load_dicom_frames(
+    path: Path, in_channels: int, window=None, raw: bool = False
+) -> list[tuple[np.ndarray, SliceMeta]]:
+    """Every frame of a DICOM file, decoded once, as model inputs float32 [H, W, C] in [0, 1] (RAW: modality
+    values, normalised by the caller) with its metadata."""
+    return [(model_input(image, path, in_channels), meta) for image, meta in read_frames(path, window, raw=raw)]
 
 
 def model_input(image: np.ndarray, path: Path, in_channels: int) -> np.ndarray:

@@ -41,6 +41,7 @@ class SliceMeta:
     frame: int = 0
     position: tuple[float, ...] | None = None
     orientation: tuple[float, ...] | None = None
+    modality: str = ""
 
 
 def apply_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
@@ -153,8 +154,11 @@ def read_dataset(path: str | Path) -> pydicom.Dataset:
     return ds
 
 
-def read_frames(path: str | Path, window=None, voi_index: int = 0, frames=None) -> list[tuple[np.ndarray, SliceMeta]]:
-    """Decode every frame (or the given FRAMES) of a DICOM file to ([H, W] or [H, W, 3] float32, SliceMeta)."""
+def read_frames(
+    path: str | Path, window=None, voi_index: int = 0, frames=None, raw: bool = False
+) -> list[tuple[np.ndarray, SliceMeta]]:
+    """Decode every frame (or the given FRAMES) of a DICOM file to ([H, W] or [H, W, 3] float32, SliceMeta); RAW:
+    greyscale frames as modality values (e.g. HU; MONOCHROME1 negated so that brighter is higher), no window."""
     path = Path(path)
     ds = read_dataset(path)
     count = int(ds.get("NumberOfFrames", 1) or 1)
@@ -170,9 +174,13 @@ def read_frames(path: str | Path, window=None, voi_index: int = 0, frames=None) 
     out = []
     for index in wanted:
         arr = pixels[index]
-        if samples == 1 and ds.get("PhotometricInterpretation") != "PALETTE COLOR":
+        inverted = ds.get("PhotometricInterpretation") == "MONOCHROME1"
+        if samples == 1 and ds.get("PhotometricInterpretation") != "PALETTE COLOR" and raw:
+            values = _modality(ds, arr, index)
+            image, used = (-values if inverted else values), None
+        elif samples == 1 and ds.get("PhotometricInterpretation") != "PALETTE COLOR":
             image, used = _voi(ds, _modality(ds, arr, index), index, window, voi_index)
-            if ds.get("PhotometricInterpretation") == "MONOCHROME1":
+            if inverted:
                 image = 1.0 - image
         else:
             image, used = _colour(ds, arr), None
@@ -186,14 +194,17 @@ def read_frames(path: str | Path, window=None, voi_index: int = 0, frames=None) 
             frame=index,
             position=ipp,
             orientation=iop,
+            modality=str(ds.get("Modality", "")),
         )
         out.append((np.ascontiguousarray(image, dtype=np.float32), meta))
     return out
 
 
-def read_slice(path: str | Path, window=None, frame: int = 0, voi_index: int = 0) -> tuple[np.ndarray, SliceMeta]:
-    """Decode one frame of a DICOM file to float32 in [0, 1] and its metadata."""
-    return read_frames(path, window, voi_index, frames=[frame])[0]
+def read_slice(
+    path: str | Path, window=None, frame: int = 0, voi_index: int = 0, raw: bool = False
+) -> tuple[np.ndarray, SliceMeta]:
+    """Decode one frame of a DICOM file to float32 in [0, 1] (RAW: modality values) and its metadata."""
+    return read_frames(path, window, voi_index, frames=[frame], raw=raw)[0]
 
 
 def slice_position(ds_or_meta) -> float:

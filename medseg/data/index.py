@@ -31,6 +31,7 @@ class Sample:
     frame: int = 0
     series: str = ""  # the series (volume) it belongs to; "" for a 2-D image
     slice_index: int = 0  # its place in the series along the slice normal
+    modality: str = ""  # DICOM Modality (CT, MR, CR...) or an nnU-Net channel name; "" for plain images
 
 
 def patient_key(ds: pydicom.Dataset, path: Path) -> tuple[str, bool]:
@@ -78,7 +79,7 @@ def index_dicom(root: str | Path, strict: bool = False) -> list[Sample]:
             refs.append(slice_ref(ds, path, frame))
             mask = find_label(lookups, path, frame, frames, str(ds.get("SOPInstanceUID", "")), relative)
             if mask is not None:
-                samples.append(Sample(path, mask, patient, "dicom", frame))
+                samples.append(Sample(path, mask, patient, "dicom", frame, modality=str(ds.get("Modality", ""))))
     if skipped:
         log.warning("%s: %d unreadable DICOM files skipped", root, skipped)
     if fallback:

@@ -48,7 +48,8 @@ def index_nnunet(root: str | Path) -> list[Sample]:
     """One sample per axial slice of every labelled case; the case is the patient and the series."""
     root = Path(root)
     register_source(root)
-    ending = read_dataset_json(root)["file_ending"]
+    meta = read_dataset_json(root)
+    ending, modality = meta["file_ending"], str(meta["channel_names"].get("0", ""))
     pattern = re.compile(rf"^(.+)_0000{re.escape(ending)}$")
     samples = []
     for image in sorted((root / "imagesTr").glob(f"*_0000{ending}")):
@@ -59,7 +60,7 @@ def index_nnunet(root: str | Path) -> list[Sample]:
         if not label.is_file():
             continue
         slices = check_label_grid(image, label)
-        samples += [Sample(image, label, case, "nifti", k, series=case, slice_index=k) for k in range(slices)]
+        samples += [Sample(image, label, case, "nifti", k, case, k, modality) for k in range(slices)]
     if not samples:
         raise FileNotFoundError(f"{root}: no imagesTr/<case>_0000{ending} with a labelsTr/<case>{ending}")
     return samples
@@ -107,10 +108,12 @@ def slice_meta(path: Path, k: int, window) -> SliceMeta:
     return SliceMeta(case, case, f"{case}_{k}", spacing, window, k, tuple(first[:3] * RAS_TO_LPS), orientation)
 
 
-def read_nifti_slice(path: Path, k: int, window=None) -> tuple[np.ndarray, SliceMeta]:
+def read_nifti_slice(path: Path, k: int, window=None, raw: bool = False) -> tuple[np.ndarray, SliceMeta]:
     """Slice K of an image volume as float32 in [0, 1] (a window preset or [center, width], e.g. in HU; else
-    the 0.5-99.5 percentile range of the slice) with its geometry."""
+    the 0.5-99.5 percentile range of the slice; RAW: the stored values) with its geometry."""
     values = display_slice(canonical(str(path))[0], k).astype(np.float64)
+    if raw:
+        return values.astype(np.float32), slice_meta(path, k, None)
     image, used = given_window(values, window) or auto_window(values)
     return image, slice_meta(path, k, used if window is not None else None)
 

@@ -50,6 +50,7 @@ SETTINGS = (
     "image_size",
     "size_policy",
     "window",
+    "normalize",
     "mask_mapping",
     "mask_threshold",
     "ignore_index",
@@ -181,6 +182,7 @@ def prepare(
         "test": dm.splits["test"],
     }
     meta: dict = {"format": FORMAT_VERSION, "settings": settings, "source": source, "dtype": dtype, "splits": {}}
+    meta["intensity"] = dm.intensity.stored()  # the CT statistics of the training split, for the checkpoints
     for name, samples in ordered.items():
         folder = out / name
         shutil.rmtree(folder, ignore_errors=True)
@@ -207,6 +209,9 @@ def prepare(
             # slices of every training patient in data_fraction order (subset_patients takes prefixes of it)
             "patient_items": [per_patient[p] for p in sorted(rank, key=rank.__getitem__)] if name == "train" else [],
         }
+        if name == "test":  # per-volume scores of the test step; names as keyed pseudonyms
+            volumes = dm.volumes("test")
+            meta["splits"][name]["volumes"] = [{**v, "name": pseudonym(v["name"])} for v in volumes]
         log.info("%s: %d patients, %d slices, %d refused", name, len(per_patient), len(kept), len(dropped))
     if not meta["splits"]["train"]["items"] or not meta["splits"]["val"]["items"]:
         raise ValueError(f"{src}: no decodable samples left in the train or val split; see the errors above")

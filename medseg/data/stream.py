@@ -55,7 +55,8 @@ class StreamDataModule(SplitLoaders, L.LightningDataModule):
 
     Args:
         root: the prepared folder.
-        class_names, in_channels, image_size, size_policy, window: checked against the prepared settings.
+        class_names, in_channels, context_slices, spacing, image_size, size_policy, window, normalize: checked
+            against the prepared settings.
         ignore_index: mask value ignored by loss and metrics.
         seed: shuffle and augmentation seed (the split was fixed when the data were prepared).
         batch_size, num_workers: loader settings ("auto" workers: 0 on CPU, up to 8 per GPU process).
@@ -75,6 +76,7 @@ class StreamDataModule(SplitLoaders, L.LightningDataModule):
         image_size: int | Sequence[int] | None = None,
         size_policy: str | None = None,
         window: str | Sequence[float] | None = None,
+        normalize: str | None = None,
         ignore_index: int = 255,
         seed: int = 42,
         batch_size: int = 8,
@@ -97,6 +99,7 @@ class StreamDataModule(SplitLoaders, L.LightningDataModule):
         self._check("image_size", None if image_size is None else list(size_pair(image_size)), settings["image_size"])
         self._check("size_policy", size_policy, settings["size_policy"])
         self._check("window", window, settings["window"])
+        self._check("normalize", normalize, settings.get("normalize", "window"))
         self.class_names = list(settings["class_names"])
         self.image_size = size_pair(settings["image_size"])
 
@@ -117,6 +120,14 @@ class StreamDataModule(SplitLoaders, L.LightningDataModule):
             problem = verify_chunks(self.root, split, self.meta)
             if problem:
                 raise ValueError(problem)
+
+    def volumes(self, split: str) -> list[dict]:
+        """The volumes of a split as prepared: name (pseudonym), items (item ids in slice order), spacing."""
+        return self.meta["splits"][split].get("volumes", [])
+
+    def state_dict(self) -> dict:
+        """What checkpoints keep of the data: the intensity scheme and its dataset statistics, as prepared."""
+        return {"intensity": self.meta.get("intensity") or {"normalize": "window", "ct": None}}
 
     def dataset_record(self) -> dict[str, str]:
         """The data a tracker records: name (the prepared folder's), digest (of its sources) and source."""

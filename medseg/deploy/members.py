@@ -15,11 +15,15 @@ from medseg.utils.registry import build
 
 NET_PREFIX = "net."  # the network's keys in a SegmentationModule state dict
 SHARED = ("class_names", "in_channels", "context_slices", "spacing", "image_size", "size_policy", "window")
+SHARED += ("normalize", "ct_statistics")  # type: ignore[assignment]
+DATA_STATES = ("SegmentationDataModule", "StreamDataModule")  # where Lightning keeps a data module's state_dict
 
 
 def checkpoint_info(checkpoint: dict) -> ModelInfo:
     """ModelInfo from a Lightning checkpoint's model and data module hyper-parameters."""
     data, hparams = checkpoint.get("datamodule_hyper_parameters", {}), checkpoint["hyper_parameters"]
+    state: dict = next((checkpoint[k] for k in DATA_STATES if isinstance(checkpoint.get(k), dict)), {})
+    intensity = state.get("intensity") or {"normalize": "window", "ct": None}
     return ModelInfo(
         class_names=list(hparams["class_names"]),
         in_channels=int(data.get("in_channels", hparams["net"].get("in_channels", 1))),
@@ -28,6 +32,8 @@ def checkpoint_info(checkpoint: dict) -> ModelInfo:
         window=data.get("window"),
         context_slices=int(data.get("context_slices") or 0),
         spacing=[float(v) for v in data["spacing"]] if data.get("spacing") else None,
+        normalize=str(intensity["normalize"]),
+        ct_statistics=dict(intensity["ct"]) if intensity.get("ct") else None,
         tta=list(hparams.get("tta") or []),
         keep_largest=dict(hparams["keep_largest"]) if hparams.get("keep_largest") else None,
     )

@@ -22,6 +22,7 @@ from medseg import __version__
 from medseg.data.decode import load_dicom_frames, load_image, model_input
 from medseg.data.dicom import slice_position
 from medseg.data.index import IMAGE_SUFFIXES, Sample
+from medseg.data.intensity import normalise_series
 from medseg.data.nifti import label_volume, read_nifti_slice, slice_count
 from medseg.deploy.predictor import Predictor
 from medseg.utils.cli import add_inference_options, inference_options, progress, run_cli
@@ -159,9 +160,11 @@ def predict_volume(predictor: Predictor, path: Path, out: Path, policy: str, nam
     source's grid and in its orientation, goes to OUT/NAME_seg.nii.gz and WRITTEN. Returns the slices predicted."""
     import nibabel as nib
 
-    info = predictor.info
-    decoded = [read_nifti_slice(path, k, info.window) for k in range(slice_count(path))]
+    info, scheme = predictor.info, predictor.intensity.scheme("", "nifti")
+    raw = scheme != "window"
+    decoded = [read_nifti_slice(path, k, info.window, raw) for k in range(slice_count(path))]
     images = [model_input(image, path, info.in_channels) for image, _ in decoded]
+    images = normalise_series(images, scheme, predictor.intensity) if raw else images
     masks = predictor.segment_series(images, policy, [meta.pixel_spacing for _, meta in decoded])
     target = out / f"{name.removesuffix('.gz').removesuffix('.nii')}_seg.nii.gz"
     with atomic_path(target) as tmp:
@@ -194,7 +197,7 @@ def predict(
     skipped: list[tuple[Path, str]] = []
     predicted = 0
     for uid, items in group_series(dicoms, skipped).items():
-        predicted += predict_series(predictor, uid, [p for p, _ in items], out, policy, nifti, skipped, written)
+        predicted += predict_series(predictor, uid, items, out, policy, nifti, skipped, written)
     for path in volumes:
         predicted += predict_volume(predictor, path, out, policy, output_name(path, source, keep_names), written)
     for path in progress(images, len(images), "images"):
@@ -216,22 +219,23 @@ def predict(
 def predict_series(
     predictor: Predictor,
     uid: str,
-    paths: Sequence[Path],
+    items: Sequence[tuple[Path, pydicom.Dataset]],
     out: Path,
     policy: str,
     nifti: bool,
     skipped: list,
     written: list[Path],
 ) -> int:
-    """Segment every frame of one sorted series (each file decoded once); its SEG (and NIfTI) go to WRITTEN.
-    Returns the number of slices predicted."""
-    info, name = predictor.info, pseudonym(uid)
+    """Segment every frame of one sorted series (ITEMS: its files and headers; each file decoded once, normalised
+    as the model was trained); its SEG (and NIfTI) go to WRITTEN. Returns the number of slices predicted."""
+    info, name, paths = predictor.info, pseudonym(uid), [path for path, _ in items]
+    scheme = predictor.intensity.scheme(str(items[0][1].get("Modality", "")), "dicom")
     images: list[np.ndarray] = []
     spacings: list = []
     sources: list[Path] = []
     for path in progress(paths, len(paths), f"series {name}"):
         try:
-            frames = load_dicom_frames(path, info.in_channels, info.window)
+            frames = load_dicom_frames(path, info.in_channels, info.window, raw=scheme != "window")
             images += [image for image, _ in frames]
             spacings += [meta.pixel_spacing for _, meta in frames]
         except ValueError as exc:  # no pixel data, undecodable
@@ -240,6 +244,7 @@ def predict_series(
         sources.append(path)
     if not sources:
         return 0
+    images = normalise_series(images, scheme, predictor.intensity) if scheme != "window" else images
     masks = predictor.segment_series(images, policy, spacings)  # context stacks within the series
     for i, (image, mask) in enumerate(zip(images, masks, strict=True)):
         save_mask_and_overlay(image, mask, out, f"{name}_{i:04d}")

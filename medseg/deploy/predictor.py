@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from medseg.data.context import stack_images, stack_indices
+from medseg.data.intensity import Intensity
 from medseg.data.spacing import resample_labels, to_spacing
 from medseg.deploy.info import METADATA_KEY, ModelInfo
 from medseg.deploy.views import resolve_tta
@@ -58,6 +59,7 @@ class Predictor:
             self._run, info, views = _checkpoint_runner(paths, tta)
         keep = info.keep_largest if keep_largest is None else (dict(keep_largest) or None)
         self.info = replace(info, tta=views, keep_largest=keep)
+        self.intensity = Intensity.of_model(info.normalize, info.ct_statistics)  # applied by the callers' decoding
         self.keep = class_indices(self.info.keep_largest, self.info.class_names)
 
     def _run_session(self, batch: np.ndarray) -> np.ndarray:

@@ -30,7 +30,8 @@ from PIL import Image
 from medseg.data.context import series_neighbours, stack_images
 from medseg.data.decode import load_image_meta, load_mask
 from medseg.data.index import Sample
-from medseg.data.sources import detect_layout, index_layout
+from medseg.data.intensity import Intensity
+from medseg.data.sources import detect_layout, index_layout, sample_intensity
 from medseg.deploy.predictor import Predictor
 from medseg.evaluation.scores import SplitScores, case_scores
 from medseg.evaluation.volumes import Scored, group_cases
@@ -73,7 +74,8 @@ def evaluate(
     if split_file is not None:
         samples = split_samples(samples, data_dir, split_file, split)
     whole, scored, names = SplitScores(classes), [], []
-    decoded = [load_image_meta(sample, info.in_channels, info.window) for sample in samples]
+    intensity = sample_intensity(samples, info.normalize, Intensity.of_model(info.normalize, info.ct_statistics).ct)
+    decoded = [load_image_meta(sample, info.in_channels, info.window, intensity) for sample in samples]
     images = [image for image, _ in decoded]
     stacks = series_neighbours(samples, info.context_slices)  # the same stacks as in training
     items = zip(samples, decoded, stacks, strict=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -9,6 +10,7 @@ import numpy as np
 
 from medseg.data.dicom import SliceMeta, slice_position
 from medseg.data.index import Sample
+from medseg.evaluation.scores import case_scores
 from medseg.utils.privacy import pseudonym
 
 
@@ -69,3 +71,34 @@ def group_cases(scored: Sequence[Scored], names: Sequence[str], per_slice: bool 
         spacing = (step, *in_plane) if step and in_plane else None
         cases.append(Case(pseudonym(slices[0].sample.series), slices, spacing))
     return cases
+
+
+def volume_means(
+    slices: dict[int, tuple[np.ndarray, np.ndarray]],
+    volumes: Sequence[dict],
+    class_names: Sequence[str],
+    prefix: str,
+    nsd_tolerance: float = 2.0,
+) -> dict[str, float]:
+    """Mean over VOLUMES (split_volumes' records) of per-volume Dice, HD95 and NSD per foreground class and their
+    mean, from SLICES (item -> (prediction, reference)); named PREFIX/volume_<metric>_<class>. Volumes missing
+    from SLICES (dropped items) are scored on the slices present; HD95 and NSD in mm where the spacing is known."""
+    per_metric: dict[str, list[np.ndarray]] = {m: [] for m in ("dice", "hd95", "nsd")}
+    for volume in volumes:
+        present = [slices[i] for i in volume["items"] if i in slices]
+        if not present:
+            continue
+        pred, target = (np.stack(arrays) for arrays in zip(*present, strict=True))
+        scores = case_scores(pred, target, len(class_names), volume["spacing"], nsd_tolerance)
+        for metric, values in per_metric.items():
+            values.append(scores[metric])
+    out: dict[str, float] = {}
+    for metric, values in per_metric.items():
+        if not values:
+            continue
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a class absent from every volume: NaN
+            means = np.nanmean(np.stack(values), axis=0)
+        out |= {f"{prefix}/volume_{metric}_{cls}": float(v) for cls, v in zip(class_names[1:], means, strict=True)}
+        out[f"{prefix}/volume_{metric}_mean"] = float(np.nanmean(means)) if np.isfinite(means).any() else float("nan")
+    return out

@@ -15,12 +15,22 @@ from torchmetrics import MetricCollection
 from medseg.deploy.averaging import tta_logits
 from medseg.deploy.views import check_tta
 from medseg.evaluation.scores import foreground_scores, segmentation_metrics, update_ignoring
+from medseg.evaluation.volumes import volume_means
 from medseg.losses import inverse_frequency_weights, set_class_weights
 from medseg.models import PARTS
 from medseg.postprocess import class_indices, keep_largest
 from medseg.utils.checkpoint import load_checkpoint
 from medseg.utils.registry import build, check_arguments
 from medseg.utils.visualize import overlay_grid, to_uint8
+
+
+def gather_items(items: dict) -> dict:
+    """ITEMS merged over every DDP process (unchanged in a single process)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return items
+    parts: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(parts, items)
+    return {k: v for part in parts for k, v in part.items()}
 
 
 def _plain(cfg):
@@ -163,11 +173,22 @@ class SegmentationModule(L.LightningModule):
             if self.best_val_dice > float("-inf"):
                 self.log("val/dice_best", self.best_val_dice)
 
+    def on_test_epoch_start(self) -> None:
+        self._test_slices: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # item -> (prediction, reference)
+
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics, "test", final=True)
+        pred = self._evaluate(batch, self.test_metrics, "test", final=True)
+        items = batch["index"] if "index" in batch else batch["id"]
+        pairs = zip(pred.cpu().numpy().astype(np.uint8), batch["mask"].cpu().numpy().astype(np.uint8), strict=True)
+        self._test_slices.update(zip((int(i) for i in items), pairs, strict=True))
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics(self.test_metrics, "test")
+        volumes: list[dict] = getattr(self.trainer.datamodule, "volumes", lambda split: [])("test")
+        if volumes:  # per-volume Dice, HD95 and NSD (2 mm), as medseg-eval scores volumes
+            slices = gather_items(self._test_slices)
+            for name, value in volume_means(slices, volumes, self.class_names, "test").items():
+                self.log(name, value, rank_zero_only=True)
 
     def _log_image_grid(self, batch: dict, pred: torch.Tensor) -> None:
         """The input / truth / prediction grid to every logger that takes images (TensorBoard, MLflow)."""
