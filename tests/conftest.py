@@ -57,6 +57,16 @@ def demo_root(cache_dir) -> Path:
     return ensure_demo_dataset(cache_dir)
 
 
+@pytest.fixture(scope="session")
+def prepared(demo_root, tmp_path_factory) -> Path:
+    """The demo dataset prepared at 64 px with two workers."""
+    from medseg.data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("prepared") / "demo"
+    prepare(demo_root, out, workers=2, image_size=64)
+    return out
+
+
 @pytest.fixture
 def make_cfg(cache_dir, tmp_path):
     """Compose conf/config.yaml with overrides, as train.py would, writing into tmp_path."""

@@ -235,7 +235,7 @@ def test_dicom_seg_labels_are_read_per_instance(demo_root, tmp_path):
     import shutil
 
     from medseg.data.datamodule import SegmentationDataModule
-    from medseg.deploy.predict import write_seg
+    from medseg.deploy.seg import write_seg
 
     root = tmp_path / "study"
     shutil.copytree(demo_root / "images" / "case02", root / "images" / "case02")

@@ -48,14 +48,15 @@ def test_no_import_cycles():
             visit(module, [])
 
 
-STAGES = ("models", "data", "training", "deploy", "evaluation")
+STAGES = ("models", "data", "training", "deploy", "evaluation", "node")
 # stage -> stages it may not import (directly; a cycle test above covers the indirect paths)
 FORBIDDEN = {
     "leaf": set(STAGES) | {"config"},
-    "models": {"data", "training", "deploy", "evaluation", "config"},
-    "data": {"models", "training", "deploy", "evaluation", "config"},
-    "deploy": {"training", "config"},
-    "evaluation": {"training", "config"},
+    "models": {"data", "training", "deploy", "evaluation", "node", "config"},
+    "data": {"models", "training", "deploy", "evaluation", "node", "config"},
+    "deploy": {"training", "node", "config"},
+    "evaluation": {"training", "node", "config"},
+    "node": {"training", "evaluation", "config"},  # the scanner-side runtime: no torch
     "training": set(),
 }
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from medseg.data.decode import load_image_meta, load_mask
 from medseg.data.nifti import nnunet_class_names
@@ -96,21 +97,26 @@ def test_hn_ct_indexes_with_its_class_names_and_upright_anatomy():
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (HN_CT / "imagesTr").is_dir(), reason=f"{HN_CT} not present")
-def test_hn_ct_prepared_with_context_trains_streamed(cache_dir, tmp_path):
+def test_experiment_hn_ct_trains_streamed_from_a_prepared_subset(cache_dir, tmp_path):
     import subprocess
     import sys
 
     from .helpers import run_train
 
     out = tmp_path / "hn_ct"
-    settings = ["layout=nnunet", "image_size=64", "context_slices=1", "window=[40,350]", "include_regex=^HNCT_00[1-8]_"]
+    settings = ["layout=nnunet", "image_size=64", "context_slices=1", "normalize=ct", "include_regex=^HNCT_00[1-8]_"]
     command = [sys.executable, "-m", "medseg.data.prepare", str(HN_CT), str(out), *settings, "--workers", "2"]
     subprocess.run(command, check=True, capture_output=True, timeout=600)
     meta = json.loads((out / "medseg.json").read_text())
     assert meta["settings"]["context_slices"] == 1 and meta["settings"]["class_names"][7] == "Mandible"
     assert sum(split["items"] for split in meta["splits"].values()) == 8 * 128
-    args = ["data=stream", f"data.root={out}", "data.context_slices=1", "trainer.fast_dev_run=true"]
+    ct = meta["intensity"]["ct"]  # HU of the training organs: the larynx's air to the mandible's bone
+    assert meta["intensity"]["normalize"] == "ct" and -1100 < ct["low"] < -500 and 500 < ct["high"] < 3000
+    assert -100 < ct["mean"] < 300  # mostly soft tissue
+    args = ["experiment=hn_ct", f"data.root={out}", "trainer.fast_dev_run=true"]
     run_train([*args, "model.log_images=false", f"hydra.run.dir={tmp_path / 'run'}"], cache_dir)
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["StreamDataModule"]["intensity"]["ct"] == ct
 
 
 def test_label_slices_written_back_give_the_source_volume_in_its_own_orientation(tmp_path):

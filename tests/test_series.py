@@ -145,14 +145,14 @@ def test_a_label_volume_that_does_not_fit_its_series_is_refused_naming_it(tmp_pa
 
 @needs_chaos
 @pytest.mark.slow
-def test_chaos_mr_trains_in_memory_with_context(cache_dir, tmp_path):
+def test_experiment_chaos_mr_trains_in_memory_with_context(cache_dir, tmp_path):
     from .helpers import run_train
 
-    classes = "data.class_names=[background,liver,right_kidney,left_kidney,spleen]"
-    args = [f"data.root={CHAOS}", classes, "data.context_slices=1", "data.image_size=64", "trainer.fast_dev_run=true"]
+    args = ["experiment=chaos_mr", f"data.root={CHAOS}", "data.fold=2", "trainer.fast_dev_run=true"]
     run_train([*args, "model.log_images=false", f"hydra.run.dir={tmp_path}"], cache_dir)
-    split = json.loads((tmp_path / "split.json").read_text())["splits"]
-    assert sum(len({item["patient"] for item in items}) for items in split.values()) == 15
+    split = json.loads((tmp_path / "split.json").read_text())
+    assert sum(len({item["patient"] for item in items}) for items in split["splits"].values()) == 15
+    assert len({item["patient"] for item in split["splits"]["val"]}) == 3 and split["folds"]["fold"] == 2
 
 
 @needs_chaos

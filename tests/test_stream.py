@@ -23,14 +23,6 @@ from .helpers import kill_when, read_ids, run_train, start_train
 SIZE = 64
 
 
-@pytest.fixture(scope="session")
-def prepared(demo_root, tmp_path_factory) -> Path:
-    """The demo dataset prepared at 64 px with two workers."""
-    out = tmp_path_factory.mktemp("prepared") / "demo"
-    prepare(demo_root, out, workers=2, image_size=SIZE)
-    return out
-
-
 def stream_cfg(make_cfg, prepared: Path, extra: list[str], out: Path):
     return make_cfg(
         ["data=stream", f"data.root={prepared}", "data.batch_size=4", "model.log_images=false", *extra], out

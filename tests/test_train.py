@@ -122,12 +122,13 @@ def test_default_network_uses_the_first_three_encoder_stages(make_cfg):
 
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml")))
-def test_every_experiment_composes_to_a_network_that_keeps_the_input_size(make_cfg, experiment):
-    cfg = make_cfg([f"experiment={experiment}"])
+def test_every_experiment_composes_to_a_network_that_keeps_the_input_size(make_cfg, experiment, request):
+    streamed = ["data.root=" + str(request.getfixturevalue("prepared"))] if experiment == "hn_ct" else []
+    cfg = make_cfg([f"experiment={experiment}", *streamed])
     assert cfg.trainer.max_epochs == sum(s.epochs for s in cfg.stage.stages)
     net = instantiate(cfg.model.net).eval()
-    with torch.no_grad():
-        assert net(torch.zeros(1, cfg.data.in_channels, 65, 63)).shape[-2:] == (65, 63)
+    with torch.no_grad():  # context slices: 2k+1 stacked slices
+        assert net(torch.zeros(1, cfg.model.net.in_channels, 65, 63)).shape[-2:] == (65, 63)
     if experiment == "cxr_lung_fast":  # the documented most-Dice-per-CPU-minute network and schedule
         assert cfg.model.net.encoder_depth == 3 and cfg.callbacks.ema.multi_avg_fn.decay == 0.99
         assert [s.get("image_size") for s in cfg.stage.stages] == [128, None] and cfg.data.batch_size == 4

@@ -14,7 +14,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 CLASS_NAMES = ("background", "organ", "lesion")
-VERSION = 2  # bump when the generator changes so old caches are not reused
+VERSION = 3  # bump when the generator changes so old caches are not reused
 _SS = 2  # supersampling factor used for partial-volume edges
 
 
@@ -128,6 +128,10 @@ def _write_dicom(path: Path, hu: np.ndarray, patient: int, z_index: int, uids: d
     ds.ImagePositionPatient = [-192.0, -192.0, z_index * thickness]
     ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
     ds.PixelSpacing = [1.5, 1.5]
+    # the rest of the CT Image IOD's required attributes (PS3.3 A.3), so that dciodvfy finds no error
+    ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+    ds.PatientPosition, ds.Laterality, ds.PositionReferenceIndicator = "HFS", "", ""
+    ds.KVP, ds.AcquisitionNumber = "", 1
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.Rows, ds.Columns = hu.shape
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1

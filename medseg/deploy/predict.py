@@ -18,13 +18,13 @@ import numpy as np
 import pydicom
 from PIL import Image
 
-from medseg import __version__
 from medseg.data.decode import load_dicom_frames, load_image, model_input
 from medseg.data.dicom import slice_position
 from medseg.data.index import IMAGE_SUFFIXES, Sample
 from medseg.data.intensity import normalise_series
 from medseg.data.nifti import label_volume, read_nifti_slice, slice_count
 from medseg.deploy.predictor import Predictor
+from medseg.deploy.seg import write_nifti, write_seg
 from medseg.utils.cli import add_inference_options, inference_options, progress, run_cli
 from medseg.utils.io import atomic_path
 from medseg.utils.privacy import output_name, pseudonym, register_source
@@ -78,81 +78,6 @@ def save_mask_and_overlay(image: np.ndarray, mask: np.ndarray, out: Path, name: 
         palette_png(mask).save(tmp, format="PNG")
     with atomic_path(out / f"{name}_overlay.png") as tmp:
         Image.fromarray(to_uint8(overlay(image.transpose(2, 0, 1), mask))).save(tmp, format="PNG")
-
-
-def write_seg(sources: Sequence[Path], masks: Sequence[np.ndarray], class_names: Sequence[str], out: Path) -> Path:
-    """A DICOM SEG (highdicom, binary segments, one per foreground class) over one series."""
-    import highdicom as hd
-
-    datasets = [pydicom.dcmread(p) for p in sources]
-    algorithm = hd.AlgorithmIdentificationSequence(
-        name="medseg PSPNet",
-        family=hd.sr.CodedConcept("129465004", "SCT", "Artificial intelligence"),
-        version=__version__,
-    )
-    tissue = hd.sr.CodedConcept("85756007", "SCT", "Tissue")
-    descriptions = [
-        hd.seg.SegmentDescription(
-            segment_number=i,
-            segment_label=name,
-            segmented_property_category=tissue,
-            segmented_property_type=tissue,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algorithm,
-        )
-        for i, name in enumerate(class_names[1:], start=1)
-    ]
-    seg = hd.seg.Segmentation(
-        source_images=datasets,
-        pixel_array=np.stack(masks).astype(np.uint8),
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions,
-        series_instance_uid=hd.UID(),
-        series_number=900,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer="medseg",
-        manufacturer_model_name="PSPNet",
-        software_versions=__version__,
-        device_serial_number="0",
-        omit_empty_frames=False,
-    )
-    path = out / f"seg_{pseudonym(str(datasets[0].SeriesInstanceUID))}.dcm"
-    with atomic_path(path) as tmp:
-        seg.save_as(tmp)
-    return path
-
-
-def series_affine(datasets: Sequence[pydicom.Dataset]) -> np.ndarray:
-    """4x4 voxel (column, row, slice) -> RAS millimetre affine of a sorted series, as NIfTI expects."""
-    first = datasets[0]
-    iop = np.asarray(first.ImageOrientationPatient, dtype=float)
-    row_spacing, col_spacing = (float(v) for v in first.PixelSpacing)
-    origin = np.asarray(first.ImagePositionPatient, dtype=float)
-    if len(datasets) > 1:
-        step = (np.asarray(datasets[-1].ImagePositionPatient, dtype=float) - origin) / (len(datasets) - 1)
-    else:
-        step = np.cross(iop[:3], iop[3:]) * float(first.get("SliceThickness", 1.0))
-    affine = np.eye(4)
-    affine[:3, 0], affine[:3, 1], affine[:3, 2], affine[:3, 3] = (
-        iop[:3] * col_spacing,
-        iop[3:] * row_spacing,
-        step,
-        origin,
-    )
-    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine  # DICOM LPS -> NIfTI RAS
-
-
-def write_nifti(sources: Sequence[Path], masks: Sequence[np.ndarray], out: Path) -> Path:
-    """The series' label volume as NIfTI (uint8, x = column, y = row, z = slice) with its scanner affine."""
-    import nibabel as nib
-
-    datasets = [pydicom.dcmread(p, stop_before_pixels=True) for p in sources]
-    volume = np.stack(masks).transpose(2, 1, 0).astype(np.uint8)
-    path = out / f"seg_{pseudonym(str(datasets[0].SeriesInstanceUID))}.nii.gz"
-    with atomic_path(path) as tmp:
-        nib.save(nib.Nifti1Image(volume, series_affine(datasets)), tmp)
-    return path
 
 
 def predict_volume(predictor: Predictor, path: Path, out: Path, policy: str, name: str, written: list) -> int:
@@ -216,6 +141,35 @@ def predict(
     return written
 
 
+def segment_dicom_series(
+    predictor: Predictor,
+    items: Sequence[tuple[Path, pydicom.Dataset]],
+    skipped: list,
+    policy: str = "resize",
+    name: str = "series",
+) -> tuple[list[Path], list[np.ndarray], list[np.ndarray]]:
+    """(source files, model inputs, masks) of one sorted series (ITEMS: its files and headers; each file decoded
+    once, normalised as the model was trained, fed with its context stack); unreadable files go to SKIPPED."""
+    info, paths = predictor.info, [path for path, _ in items]
+    scheme = predictor.intensity.scheme(str(items[0][1].get("Modality", "")), "dicom")
+    images: list[np.ndarray] = []
+    spacings: list = []
+    sources: list[Path] = []
+    for path in progress(paths, len(paths), name):
+        try:
+            frames = load_dicom_frames(path, info.in_channels, info.window, raw=scheme != "window")
+            images += [image for image, _ in frames]
+            spacings += [meta.pixel_spacing for _, meta in frames]
+        except ValueError as exc:  # no pixel data, undecodable
+            _skip(skipped, path, str(exc).split(": ", 1)[-1])
+            continue
+        sources.append(path)
+    if not sources:
+        return [], [], []
+    images = normalise_series(images, scheme, predictor.intensity) if scheme != "window" else images
+    return sources, images, predictor.segment_series(images, policy, spacings)
+
+
 def predict_series(
     predictor: Predictor,
     uid: str,
@@ -226,30 +180,16 @@ def predict_series(
     skipped: list,
     written: list[Path],
 ) -> int:
-    """Segment every frame of one sorted series (ITEMS: its files and headers; each file decoded once, normalised
-    as the model was trained); its SEG (and NIfTI) go to WRITTEN. Returns the number of slices predicted."""
-    info, name, paths = predictor.info, pseudonym(uid), [path for path, _ in items]
-    scheme = predictor.intensity.scheme(str(items[0][1].get("Modality", "")), "dicom")
-    images: list[np.ndarray] = []
-    spacings: list = []
-    sources: list[Path] = []
-    for path in progress(paths, len(paths), f"series {name}"):
-        try:
-            frames = load_dicom_frames(path, info.in_channels, info.window, raw=scheme != "window")
-            images += [image for image, _ in frames]
-            spacings += [meta.pixel_spacing for _, meta in frames]
-        except ValueError as exc:  # no pixel data, undecodable
-            _skip(skipped, path, str(exc).split(": ", 1)[-1])
-            continue
-        sources.append(path)
-    if not sources:
-        return 0
-    images = normalise_series(images, scheme, predictor.intensity) if scheme != "window" else images
-    masks = predictor.segment_series(images, policy, spacings)  # context stacks within the series
+    """Segment every frame of one sorted series; masks, overlays, its SEG (and NIfTI) go to OUT and WRITTEN.
+    Returns the number of slices predicted."""
+    name = pseudonym(uid)
+    sources, images, masks = segment_dicom_series(predictor, items, skipped, policy, f"series {name}")
     for i, (image, mask) in enumerate(zip(images, masks, strict=True)):
         save_mask_and_overlay(image, mask, out, f"{name}_{i:04d}")
+    if not sources:
+        return 0
     try:
-        written.append(write_seg(sources, masks, info.class_names, out))
+        written.append(write_seg(sources, masks, predictor.info.class_names, out))
     except Exception as exc:  # e.g. sources without the geometry a SEG needs
         log.warning("series %s: no DICOM SEG written (%s)", name, exc)
     if nifti:

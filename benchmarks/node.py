@@ -1,0 +1,172 @@
+"""medseg-node latency and throughput: series sent by storescu -> SEG stored in a real Orthanc, on loopback.
+
+    python benchmarks/node.py MODEL.onnx [MODEL.int8.onnx ...] --series DIR [DIR ...] [--repeats 5] [--burst 5]
+
+Starts Orthanc (DICOMweb plugin) and, per model, a `medseg-node` that sends SEGs back by C-STORE. Each
+measurement sends one series (a copy with fresh Study, Series and SOP Instance UIDs, so the node sees a
+new series) with dcmtk's storescu and waits until QIDO-RS finds its SEG: the latency includes the
+transfer, the node's quiet time (QUIET_S, subtracted in the table), decoding, normalisation, the network,
+writing and sending the SEG. Throughput: BURST series sent at once, series per minute until the last SEG.
+Needs orthanc, orthanc-dicomweb and dcmtk (apt).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pydicom
+import yaml
+from pydicom.uid import generate_uid
+
+QUIET_S = 1.0
+PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait(predicate, timeout: float = 300.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing after {timeout} s")
+
+
+def fresh_copy(series: Path, out: Path) -> tuple[list[Path], str]:
+    """SERIES rewritten under OUT with new UIDs; (files, the new SeriesInstanceUID)."""
+    out.mkdir(parents=True)
+    study, uid, frame = generate_uid(), generate_uid(), generate_uid()
+    files = []
+    for path in sorted(series.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, uid, frame
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.save_as(out / path.name)
+        files.append(out / path.name)
+    return files, uid
+
+
+def start_orthanc(folder: Path):
+    http, dicom = free_port(), free_port()
+    config = {"StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"), "HttpPort": http}
+    config |= {"DicomPort": dicom, "DicomAet": "ORTHANC", "RemoteAccessAllowed": False}
+    config |= {"AuthenticationEnabled": False, "Plugins": [PLUGIN], "DicomWeb": {"Enable": True}}
+    (folder / "orthanc.json").write_text(json.dumps(config))
+    process = subprocess.Popen(
+        ["Orthanc", str(folder / "orthanc.json")], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    )
+    from dicomweb_client.api import DICOMwebClient
+
+    client = DICOMwebClient(f"http://127.0.0.1:{http}/dicom-web")
+    wait(lambda: _answers(client), 30)
+    return process, dicom, client
+
+
+def _answers(client) -> bool:
+    try:
+        return client.search_for_studies() is not None
+    except Exception:
+        return False
+
+
+def start_node(model: Path, folder: Path, dicom: int, threads: int) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    settings = {"ae_title": "MEDSEG", "port": port, "allowed_aes": ["STORESCU"], "spool": str(folder / "spool")}
+    settings |= {"model": str(model), "rules": [{"name": "any"}], "quiet_s": QUIET_S, "threads": threads}
+    settings["destination"] = {"dimse": {"host": "127.0.0.1", "port": dicom, "ae_title": "ORTHANC"}}
+    (folder / "node.yaml").write_text(yaml.safe_dump(settings))
+    command = [sys.executable, "-m", "medseg.node.cli", "serve", str(folder / "node.yaml")]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait(lambda: listening(port), 60)
+    return process, port
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def seg_found(client, uid: str) -> bool:
+    for series in client.search_for_series(search_filters={"Modality": "SEG"}, fields=["00081115"]):
+        study, seg_uid = series["0020000D"]["Value"][0], series["0020000E"]["Value"][0]
+        for meta in client.search_for_instances(study, seg_uid, fields=["00081115"]):
+            refs = meta.get("00081115", {}).get("Value", [])
+            if any(r.get("0020000E", {}).get("Value", [None])[0] == uid for r in refs):
+                return True
+    return False
+
+
+def send_and_wait(files: list[Path], uid: str, port: int, client) -> float:
+    start = time.perf_counter()
+    command = ["storescu", "-aet", "STORESCU", "-aec", "MEDSEG", "127.0.0.1", str(port), *map(str, files)]
+    subprocess.run(command, check=True, capture_output=True)
+    wait(lambda: seg_found(client, uid))
+    return time.perf_counter() - start
+
+
+def measure(model: Path, series: Path, repeats: int, burst: int, threads: int, work: Path) -> dict:
+    orthanc, dicom, client = start_orthanc(work / "orthanc")
+    node, port = start_node(model, work / "node", dicom, threads)
+    try:
+        latencies = []
+        for i in range(repeats):
+            files, uid = fresh_copy(series, work / f"single{i}")
+            latencies.append(send_and_wait(files, uid, port, client) - QUIET_S)
+        copies = [fresh_copy(series, work / f"burst{i}") for i in range(burst)]
+        start = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(burst) as pool:
+            list(pool.map(lambda c: send_and_wait(c[0], c[1], port, client), copies))
+        elapsed = time.perf_counter() - start
+    finally:
+        node.terminate()
+        orthanc.terminate()
+        node.wait(30)
+        orthanc.wait(30)
+    ordered = sorted(latencies)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    slices = len(list(series.glob("*.dcm")))
+    return {"p50": statistics.median(latencies), "p95": p95, "per_min": burst * 60 / elapsed, "slices": slices}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="+", type=Path)
+    parser.add_argument("--series", nargs="+", type=Path, required=True, help="folders of one DICOM series each")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--burst", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    print("| model | series | slices | p50 s | p95 s | series/min (5 at once) |")
+    print("|---|---|---|---|---|---|")
+    for model in args.models:
+        for series in args.series:
+            work = Path(tempfile.mkdtemp(prefix="medseg-node-bench-"))
+            try:
+                row = measure(model, series, args.repeats, args.burst, args.threads, work)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+            print(
+                f"| {model.name} | {series.name} | {row['slices']} | {row['p50']:.2f} | {row['p95']:.2f} "
+                f"| {row['per_min']:.1f} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

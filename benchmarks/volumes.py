@@ -1,0 +1,136 @@
+"""CT and MR volumes: per-volume Dice, HD95 and NSD per organ, medseg 2-D vs 2.5-D vs smp's PSPNet, same budget.
+
+    pip install segmentation-models-pytorch   # for the smp rows only
+    python benchmarks/volumes.py chaos_mr [--folds 0 1 2 3 4] [--models 2d k1 k2 smp] [--epochs 20]
+    python benchmarks/volumes.py hn_ct --prepared prepared/hn_ct [--seeds 0 1 2] [--models 2d k1 k2 smp]
+
+chaos_mr: `experiment=chaos_mr` (DICOM series in memory, MR z-scored per series), 5-fold patient
+cross-validation over the 15 patients; each fold's 3 validation patients are scored. hn_ct:
+`experiment=hn_ct` (`data=stream` from a `medseg-prepare` folder), the fixed 70/15/15 patient split,
+one run per training seed, scored on the test patients. Models: `2d` (context_slices=0), `k1` and `k2`
+(1 and 2 neighbouring slices on each side), `smp` (segmentation_models_pytorch's PSPNet on the same
+timm encoder with smp's defaults, 2-D). Every model gets the experiment's data pipeline and the same
+number of epochs. Scores are those of the test step: per volume on the network's grid (mm with the slice
+spacing; NSD at 2 mm), then the mean over volumes; tables give the mean +- std across folds or seeds.
+Results go to OUT/results.jsonl; a rerun skips the runs already there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf, open_dict
+
+from medseg.config import compose_config
+from medseg.evaluation.volumes import volume_means
+from medseg.training.pipeline import train
+from medseg.utils.checkpoint import load_checkpoint
+from medseg.utils.registry import register
+
+sys.path.insert(0, str(Path(__file__).parent))
+CONTEXT = {"2d": 0, "k1": 1, "k2": 2, "smp": 0}
+METRICS = ("dice", "hd95", "nsd")
+
+
+def configure(dataset: str, model: str, replicate: int, epochs: int, out: Path, prepared: str | None):
+    """The experiment config of one run: MODEL's context (or smp's network), fold or seed REPLICATE, EPOCHS."""
+    overrides = [f"experiment={dataset}", f"data.context_slices={CONTEXT[model]}", "callbacks.progress_bar=null"]
+    overrides += [f"stage.stages.0.epochs={epochs}", "model.log_images=false"]
+    overrides += [f"data.fold={replicate}"] if dataset == "chaos_mr" else [f"seed={replicate}", f"data.root={prepared}"]
+    cfg = compose_config(overrides, out)
+    if model == "smp":
+        from smp_reference import smp_pspnet
+
+        register("smp_reference.smp_pspnet", smp_pspnet)  # this script's own reference network
+        with open_dict(cfg):
+            net = {"_target_": "smp_reference.smp_pspnet", "encoder_name": "mobilenetv3", "in_channels": 1}
+            cfg.model.net = OmegaConf.create(net)
+            cfg.test = False  # checkpoints naming code outside medseg are refused on load: scored below
+    return cfg
+
+
+def volume_scores(cfg, best: Path, split: str) -> dict[str, float]:
+    """The per-volume means of the best checkpoint on SPLIT, as the test step computes them."""
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.setup("fit")
+    module = instantiate(cfg.model, _recursive_=False)
+    module.load_state_dict(load_checkpoint(best)["state_dict"])
+    module.eval()
+    slices = {}
+    loader = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
+    with torch.no_grad():
+        for batch in loader:
+            preds = module(batch["image"]).argmax(1).numpy()
+            items = batch["index"] if "index" in batch else batch["id"]
+            for i, pred, mask in zip(items, preds, batch["mask"].numpy(), strict=True):
+                slices[int(i)] = (pred.astype("uint8"), mask.astype("uint8"))
+    return volume_means(slices, datamodule.volumes(split), list(cfg.data.class_names), split)
+
+
+def run(dataset: str, model: str, replicate: int, epochs: int, out: Path, prepared: str | None) -> dict:
+    """Train one run and score it; the row written to results.jsonl."""
+    folder = out / f"{model}_{replicate}"
+    cfg = configure(dataset, model, replicate, epochs, folder, prepared)
+    start = time.perf_counter()
+    train(cfg)
+    seconds = time.perf_counter() - start
+    split = "val" if dataset == "chaos_mr" else "test"
+    scores = volume_scores(cfg, folder / "checkpoints" / "best.ckpt", split)
+    return {"model": model, "replicate": replicate, "train_s": round(seconds), "split": split, "scores": scores}
+
+
+def table(rows: list[dict], classes: list[str], metric: str) -> str:
+    """Markdown: per model, the mean +- std across replicates of METRIC per class and its class mean."""
+    lines = [f"| model | {' | '.join(classes)} | mean | n |", "|---" * (len(classes) + 3) + "|"]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        cells = []
+        for cls in [*classes, "mean"]:
+            values = [r["scores"][f"{r['split']}/volume_{metric}_{cls}"] for r in mine]
+            spread = statistics.stdev(values) if len(values) > 1 else float("nan")
+            cells.append(f"{statistics.mean(values):.3f} +- {spread:.3f}")
+        lines.append(f"| {model} | {' | '.join(cells)} | {len(mine)} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dataset", choices=["chaos_mr", "hn_ct"])
+    parser.add_argument("--models", nargs="+", default=list(CONTEXT), choices=list(CONTEXT))
+    parser.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--prepared", default=None, help="hn_ct: the medseg-prepare folder")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/runs/volumes"))
+    args = parser.parse_args()
+    out = args.out / args.dataset
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / "results.jsonl"
+    rows = [json.loads(line) for line in results.read_text().splitlines()] if results.is_file() else []
+    done = {(r["model"], r["replicate"]) for r in rows}
+    replicates = args.folds if args.dataset == "chaos_mr" else args.seeds
+    for replicate in replicates:
+        for model in args.models:
+            if (model, replicate) in done:
+                continue
+            row = run(args.dataset, model, replicate, args.epochs, out, args.prepared)
+            rows.append(row)
+            with open(results, "a") as handle:
+                handle.write(json.dumps(row) + "\n")
+            print(json.dumps(row), flush=True)
+    keys = rows[0]["scores"] if rows else {}
+    classes = [k.split("volume_dice_")[1] for k in keys if "volume_dice_" in k and not k.endswith("_mean")]
+    for metric in METRICS:
+        print(f"\n{args.dataset}: per-volume {metric} (mean +- std across {len(replicates)} replicates)\n")
+        print(table([r for r in rows if r["replicate"] in replicates], classes, metric))
+
+
+if __name__ == "__main__":
+    main()
