@@ -29,6 +29,7 @@ import yaml
 from pydicom.uid import generate_uid
 
 QUIET_S = 1.0
+STORESCU = "/usr/bin/storescu"  # dcmtk's (pynetdicom installs another one into the venv)
 PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 
 
@@ -114,7 +115,7 @@ def seg_found(client, uid: str) -> bool:
 
 def send_and_wait(files: list[Path], uid: str, port: int, client) -> float:
     start = time.perf_counter()
-    command = ["storescu", "-aet", "STORESCU", "-aec", "MEDSEG", "127.0.0.1", str(port), *map(str, files)]
+    command = [STORESCU, "-aet", "STORESCU", "-aec", "MEDSEG", "127.0.0.1", str(port), *map(str, files)]
     subprocess.run(command, check=True, capture_output=True)
     wait(lambda: seg_found(client, uid))
     return time.perf_counter() - start

@@ -25,7 +25,9 @@ from medseg.node.rules import check_rules, select
 
 from .helpers import REPO
 
-ORTHANC, STORESCU, DCIODVFY = (shutil.which(p) for p in ("Orthanc", "storescu", "dciodvfy"))
+SYSTEM_PATH = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if Path(p) != Path(sys.executable).parent)
+# dcmtk's storescu (pynetdicom installs a storescu of its own beside the venv's python)
+ORTHANC, STORESCU, DCIODVFY = (shutil.which(p, path=SYSTEM_PATH) for p in ("Orthanc", "storescu", "dciodvfy"))
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 needs_servers = pytest.mark.skipif(
     not (ORTHANC and STORESCU and DICOMWEB_PLUGIN.is_file()), reason="orthanc, orthanc-dicomweb or dcmtk missing"
@@ -123,14 +125,16 @@ def wait_for(predicate, timeout: float = 90.0, every: float = 0.3):
     raise AssertionError(f"timed out after {timeout} s")
 
 
-@pytest.fixture
-def orthanc(tmp_path):
-    """A real Orthanc with DICOMweb on loopback ports chosen now; yields (http url, dicom port)."""
+def run_orthanc(folder: Path, **extra):
+    """Start a real Orthanc with DICOMweb on loopback ports chosen now (EXTRA: more settings); returns
+    (process, DICOMweb url, DICOM port, a DICOMweb client) once it answers."""
+    from dicomweb_client.api import DICOMwebClient
+
     http, dicom = free_port(), free_port()
     config = {
         "Name": "medseg-test",
-        "StorageDirectory": str(tmp_path / "orthanc"),
-        "IndexDirectory": str(tmp_path / "orthanc"),
+        "StorageDirectory": str(folder / "orthanc"),
+        "IndexDirectory": str(folder / "orthanc"),
         "HttpPort": http,
         "DicomPort": dicom,
         "DicomAet": "ORTHANC",
@@ -141,16 +145,22 @@ def orthanc(tmp_path):
         "DicomModalities": {"node": ["MEDSEG", "127.0.0.1", 1], "storescu": ["STORESCU", "127.0.0.1", 1]},
         "Plugins": [str(DICOMWEB_PLUGIN)],
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        **extra,
     }
-    path = tmp_path / "orthanc.json"
+    path = folder / "orthanc.json"
     path.write_text(json.dumps(config))
     process = subprocess.Popen([ORTHANC, str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{http}"
-    from dicomweb_client.api import DICOMwebClient
-
-    client = DICOMwebClient(f"{url}/dicom-web")
+    url = f"http://127.0.0.1:{http}/dicom-web"
+    client = DICOMwebClient(url)
     wait_for(lambda: _answers(client), timeout=30)
-    yield f"{url}/dicom-web", dicom, client
+    return process, url, dicom, client
+
+
+@pytest.fixture
+def orthanc(tmp_path):
+    """A real Orthanc on loopback; yields (DICOMweb url, DICOM port, client)."""
+    process, url, dicom, client = run_orthanc(tmp_path)
+    yield url, dicom, client
     process.terminate()
     process.wait(timeout=30)
 
@@ -394,3 +404,45 @@ def test_a_series_that_cannot_be_sent_fails_with_its_reason_is_retried_and_its_s
     node.settings.retention_hours = 0
     time.sleep(0.01)
     assert node.clean() == 1 and not node.series_folder(series).exists()
+
+
+def certificates(folder: Path) -> dict[str, str]:
+    """A test CA and one certificate it signed for 127.0.0.1 (server and client use), made with openssl now."""
+    folder.mkdir()
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True, timeout=60)
+
+    new_key = ["req", "-newkey", "rsa:2048", "-nodes"]
+    openssl(*new_key, "-x509", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=test-ca")
+    openssl(*new_key, "-keyout", "node.key", "-out", "node.csr", "-subj", "/CN=localhost")
+    (folder / "ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n")
+    signed = ["-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "node.crt", "-days", "2"]
+    openssl("x509", "-req", "-in", "node.csr", *signed, "-extfile", "ext")
+    return {"cert": str(folder / "node.crt"), "key": str(folder / "node.key"), "ca": str(folder / "ca.crt")}
+
+
+@needs_servers
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl missing")
+def test_dimse_over_tls_both_ways(node_model, demo_root, tmp_path):
+    tls = certificates(tmp_path / "tls")
+    extra = {"DicomTlsEnabled": True, "DicomTlsCertificate": tls["cert"], "DicomTlsPrivateKey": tls["key"]}
+    extra |= {"DicomTlsTrustedCertificates": tls["ca"], "DicomTlsRemoteCertificateRequired": True}
+    orthanc, _, dicom_port, client = run_orthanc(tmp_path, **extra)
+    config, port = node_config(tmp_path, node_model, to_orthanc(dicom_port), tls=tls)
+    node = start_node(config, port)
+    files = series_files(demo_root, 6)
+    try:
+        assert storescu(files[:1], port).returncode != 0  # plain TCP is refused
+        secure = [STORESCU, "+tls", tls["key"], tls["cert"], "+cf", tls["ca"], "-aet", "STORESCU", "-aec", "MEDSEG"]
+        result = subprocess.run([*secure, "127.0.0.1", str(port), *map(str, files)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        uid = pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID
+        [seg] = wait_for(lambda: segs_of(client, uid))  # sent to Orthanc over TLS
+    finally:
+        node.terminate()
+        node.wait(timeout=30)
+        orthanc.terminate()
+        orthanc.wait(timeout=30)
+    assert len(seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence) == len(files)
