@@ -1,13 +1,15 @@
 """medseg-node latency and throughput: series sent by storescu -> SEG stored in a real Orthanc, on loopback.
 
-    python benchmarks/node.py MODEL.onnx [MODEL.int8.onnx ...] --series DIR [DIR ...] [--repeats 5] [--burst 5]
+    python benchmarks/node.py MODEL.onnx [MODEL.int8.onnx ...] --series DIR [DIR ...] [--ct-volume 128 128]
+        [--repeats 5] [--burst 5]
 
 Starts Orthanc (DICOMweb plugin) and, per model, a `medseg-node` that sends SEGs back by C-STORE. Each
 measurement sends one series (a copy with fresh Study, Series and SOP Instance UIDs, so the node sees a
 new series) with dcmtk's storescu and waits until QIDO-RS finds its SEG: the latency includes the
 transfer, the node's quiet time (QUIET_S, subtracted in the table), decoding, normalisation, the network,
 writing and sending the SEG. Throughput: BURST series sent at once, series per minute until the last SEG.
-Needs orthanc, orthanc-dicomweb and dcmtk (apt).
+--ct-volume SLICES SIZE adds a synthetic CT series of that many SIZExSIZE slices (the demo's generator; 128 128
+is the size of an hn_ct volume, which ships as NIfTI). Needs orthanc, orthanc-dicomweb and dcmtk (apt).
 """
 
 from __future__ import annotations
@@ -28,15 +30,29 @@ import pydicom
 import yaml
 from pydicom.uid import generate_uid
 
+from medseg.deploy.seg import ModelIdentity
+from medseg.node.service import file_sha256
+
 QUIET_S = 1.0
 STORESCU = "/usr/bin/storescu"  # dcmtk's (pynetdicom installs another one into the venv)
 PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 
 
+def free_ports(count: int = 1) -> list[int]:
+    """COUNT distinct TCP ports free on loopback now (held together while chosen, so never the same twice)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port free on loopback now."""
+    return free_ports()[0]
 
 
 def wait(predicate, timeout: float = 300.0):
@@ -64,7 +80,8 @@ def fresh_copy(series: Path, out: Path) -> tuple[list[Path], str]:
 
 
 def start_orthanc(folder: Path):
-    http, dicom = free_port(), free_port()
+    folder.mkdir(parents=True)
+    http, dicom = free_ports(2)
     config = {"StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"), "HttpPort": http}
     config |= {"DicomPort": dicom, "DicomAet": "ORTHANC", "RemoteAccessAllowed": False}
     config |= {"AuthenticationEnabled": False, "Plugins": [PLUGIN], "DicomWeb": {"Enable": True}}
@@ -87,13 +104,15 @@ def _answers(client) -> bool:
 
 
 def start_node(model: Path, folder: Path, dicom: int, threads: int) -> tuple[subprocess.Popen, int]:
+    folder.mkdir(parents=True)
     port = free_port()
     settings = {"ae_title": "MEDSEG", "port": port, "allowed_aes": ["STORESCU"], "spool": str(folder / "spool")}
     settings |= {"model": str(model), "rules": [{"name": "any"}], "quiet_s": QUIET_S, "threads": threads}
     settings["destination"] = {"dimse": {"host": "127.0.0.1", "port": dicom, "ae_title": "ORTHANC"}}
     (folder / "node.yaml").write_text(yaml.safe_dump(settings))
     command = [sys.executable, "-m", "medseg.node.cli", "serve", str(folder / "node.yaml")]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = open(folder / "node.out", "w")  # noqa: SIM115 - kept open for the process's lifetime
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     wait(lambda: listening(port), 60)
     return process, port
 
@@ -103,36 +122,33 @@ def listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def seg_found(client, uid: str) -> bool:
-    for series in client.search_for_series(search_filters={"Modality": "SEG"}, fields=["00081115"]):
-        study, seg_uid = series["0020000D"]["Value"][0], series["0020000E"]["Value"][0]
-        for meta in client.search_for_instances(study, seg_uid, fields=["00081115"]):
-            refs = meta.get("00081115", {}).get("Value", [])
-            if any(r.get("0020000E", {}).get("Value", [None])[0] == uid for r in refs):
-                return True
-    return False
+def seg_found(client, seg_series: str) -> bool:
+    """Whether the server holds the SEG series (its UID follows from the source series and the model's hash)."""
+    return bool(client.search_for_series(search_filters={"SeriesInstanceUID": seg_series, "Modality": "SEG"}))
 
 
-def send_and_wait(files: list[Path], uid: str, port: int, client) -> float:
+def send_and_wait(files: list[Path], uid: str, port: int, client, model: ModelIdentity) -> float:
+    seg_series, _ = model.seg_uids(uid)
     start = time.perf_counter()
     command = [STORESCU, "-aet", "STORESCU", "-aec", "MEDSEG", "127.0.0.1", str(port), *map(str, files)]
     subprocess.run(command, check=True, capture_output=True)
-    wait(lambda: seg_found(client, uid))
+    wait(lambda: seg_found(client, seg_series))
     return time.perf_counter() - start
 
 
 def measure(model: Path, series: Path, repeats: int, burst: int, threads: int, work: Path) -> dict:
     orthanc, dicom, client = start_orthanc(work / "orthanc")
     node, port = start_node(model, work / "node", dicom, threads)
+    identity = ModelIdentity(sha256=file_sha256(model))
     try:
         latencies = []
         for i in range(repeats):
             files, uid = fresh_copy(series, work / f"single{i}")
-            latencies.append(send_and_wait(files, uid, port, client) - QUIET_S)
+            latencies.append(send_and_wait(files, uid, port, client, identity) - QUIET_S)
         copies = [fresh_copy(series, work / f"burst{i}") for i in range(burst)]
         start = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(burst) as pool:
-            list(pool.map(lambda c: send_and_wait(c[0], c[1], port, client), copies))
+            list(pool.map(lambda c: send_and_wait(c[0], c[1], port, client, identity), copies))
         elapsed = time.perf_counter() - start
     finally:
         node.terminate()
@@ -148,22 +164,28 @@ def measure(model: Path, series: Path, repeats: int, burst: int, threads: int, w
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", type=Path)
-    parser.add_argument("--series", nargs="+", type=Path, required=True, help="folders of one DICOM series each")
+    parser.add_argument("--series", nargs="*", type=Path, default=[], help="folders of one DICOM series each")
+    parser.add_argument("--ct-volume", nargs=2, type=int, metavar=("SLICES", "SIZE"), help="a synthetic CT series")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--burst", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    series = list(args.series)
+    if args.ct_volume:
+        from medseg.data.synthetic import generate
+
+        slices, size = args.ct_volume
+        root = generate(Path(tempfile.mkdtemp(prefix="medseg-ct-volume-")), patients=1, slices=slices, size=size)
+        series.append((root / "images" / "case00").rename(root / "images" / f"ct_{slices}x{size}x{size}"))
     print("| model | series | slices | p50 s | p95 s | series/min (5 at once) |")
     print("|---|---|---|---|---|---|")
     for model in args.models:
-        for series in args.series:
+        for one in series:
             work = Path(tempfile.mkdtemp(prefix="medseg-node-bench-"))
-            try:
-                row = measure(model, series, args.repeats, args.burst, args.threads, work)
-            finally:
-                shutil.rmtree(work, ignore_errors=True)
+            row = measure(model, one, args.repeats, args.burst, args.threads, work)  # kept on failure: node.out
+            shutil.rmtree(work, ignore_errors=True)
             print(
-                f"| {model.name} | {series.name} | {row['slices']} | {row['p50']:.2f} | {row['p95']:.2f} "
+                f"| {model.name} | {one.name} | {row['slices']} | {row['p50']:.2f} | {row['p95']:.2f} "
                 f"| {row['per_min']:.1f} |",
                 flush=True,
             )

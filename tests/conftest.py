@@ -102,6 +102,20 @@ def demo_checkpoint(cache_dir, tmp_path_factory) -> Path:
     return out / "checkpoints" / "best.ckpt"
 
 
+@pytest.fixture(scope="session")
+def node_model(cache_dir, tmp_path_factory) -> Path:
+    """An ONNX model exported from a short demo run."""
+    from medseg.deploy.export import export_checkpoint
+    from medseg.training.pipeline import train
+
+    out = tmp_path_factory.mktemp("node-model")
+    overrides = ["data.image_size=64", "stage.stages.0.epochs=1", "trainer.limit_train_batches=2", "test=false"]
+    overrides += ["model.log_images=false", "callbacks.progress_bar=null", f"paths.cache_dir={cache_dir}"]
+    train(compose_config(overrides, out))
+    path, _ = export_checkpoint(out / "checkpoints" / "best.ckpt", out / "abdomen.onnx")
+    return path
+
+
 def requires_cxr_lung():
     """Skip marker for tests that need ../shared/data/cxr_lung."""
     return pytest.mark.skipif(not (CXR_LUNG / "images").is_dir(), reason=f"{CXR_LUNG} not present")
