@@ -67,25 +67,28 @@ def prepare_seconds(root: Path, out: Path, workers: int) -> float:
     return time.perf_counter() - start
 
 
-def train_run(mode: str, root: Path, steps: int, extra: tuple[str, ...] = ("data.num_workers=0",)) -> dict:
-    """One training process: seconds to first step, peak RSS, steady img/s."""
+def data_args(mode: str, root: Path) -> list[str]:
+    """The data overrides of the synthetic slices, streamed or in memory."""
+    if mode == "stream":
+        return ["data=stream", f"data.root={root}"]
+    folder = ["data=folder", f"data.root={root}", f"data.image_size={SIZE}", r"data.patient_regex='^(P\d+)_'"]
+    return [*folder, "data.decode_cache=null", "data.split_file=null"]
+
+
+def train_run(
+    mode: str,
+    root: Path,
+    steps: int,
+    extra: tuple[str, ...] = ("data.num_workers=0",),
+    data: list[str] | None = None,
+    model: tuple[str, ...] = ("model.net.encoder_depth=null", "model.net.output_stride=32"),
+) -> dict:
+    """One training process (DATA: its data overrides, else the synthetic slices'): seconds to first step,
+    peak RSS, steady img/s."""
     launched = time.time()
-    data = (
-        ["data=stream", f"data.root={root}"]
-        if mode == "stream"
-        else [
-            "data=folder",
-            f"data.root={root}",
-            f"data.image_size={SIZE}",
-            "data.decode_cache=null",
-            "data.split_file=null",
-            r"data.patient_regex='^(P\d+)_'",
-        ]
-    )
     args = [
-        *data,
-        "model.net.encoder_depth=null",
-        "model.net.output_stride=32",
+        *(data if data is not None else data_args(mode, root)),
+        *model,
         "model.log_images=false",
         "test=false",
         "logger=[]",

@@ -199,3 +199,16 @@ def test_context_stacks_are_prepared_as_the_data_module_stacks_them(make_cfg, de
     assert cfg.model.net.in_channels == 3
     _, metrics = train(cfg)
     assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+
+
+def test_zstd_chunks_are_smaller_and_stream_the_same_batches(prepared, demo_root, tmp_path):
+    compressed = prepare(demo_root, tmp_path / "zstd", workers=1, image_size=SIZE, compression="zstd")
+    assert compressed["splits"]["val"]["items"] == 16
+    size = {folder: sum(p.stat().st_size for p in folder.rglob("*.bin")) for folder in (prepared, tmp_path / "zstd")}
+    assert size[tmp_path / "zstd"] < 0.8 * size[prepared]
+    batches = []
+    for folder in (prepared, tmp_path / "zstd"):
+        datamodule = StreamDataModule(str(folder), batch_size=4)
+        datamodule.setup("validate")
+        batches.append(next(iter(datamodule.val_dataloader())))
+    assert torch.equal(batches[0]["image"], batches[1]["image"]) and torch.equal(batches[0]["mask"], batches[1]["mask"])
