@@ -1,13 +1,15 @@
 """CT and MR volumes: per-volume Dice, HD95 and NSD per organ, medseg 2-D vs 2.5-D vs smp's PSPNet, same budget.
 
     pip install segmentation-models-pytorch   # for the smp rows only
-    python benchmarks/volumes.py chaos_mr [--folds 0 1 2 3 4] [--models 2d k1 k2 smp] [--epochs 20]
-    python benchmarks/volumes.py hn_ct --prepared prepared/hn_ct [--seeds 0 1 2] [--models 2d k1 k2 smp]
+    python benchmarks/volumes.py chaos_mr [--folds 0 1 2 3 4] [--models 2d k1 k2 smp] [--epochs N]
+    python benchmarks/volumes.py hn_ct [--source ../shared/data/hn_ct] [--seeds 0 1 2] [--models ...] [--epochs N]
 
 chaos_mr: `experiment=chaos_mr` (DICOM series in memory, MR z-scored per series), 5-fold patient
 cross-validation over the 15 patients; each fold's 3 validation patients are scored. hn_ct:
-`experiment=hn_ct` (`data=stream` from a `medseg-prepare` folder), the fixed 70/15/15 patient split,
-one run per training seed, scored on the test patients. Models: `2d` (context_slices=0), `k1` and `k2`
+`experiment=hn_ct` (`data=stream` from a `medseg-prepare` folder per context, prepared once into
+OUT/prepared_k<k>, organs a case does not contour left out through its missing_labels.json), the fixed
+70/15/15 patient split, one run per training seed, scored on the validation patients (which choose the
+context) and on the test patients. Models: `2d` (context_slices=0), `k1` and `k2`
 (1 and 2 neighbouring slices on each side), `smp` (segmentation_models_pytorch's PSPNet on the same
 timm encoder with smp's defaults, 2-D). Every model gets the experiment's data pipeline and the same
 number of epochs. Scores are those of the test step: per volume on the network's grid (mm with the slice
@@ -29,6 +31,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
 from medseg.config import compose_config
+from medseg.data.partial_labels import mask_unlabelled
+from medseg.data.prepare import prepare
 from medseg.evaluation.volumes import volume_means
 from medseg.training.pipeline import train
 from medseg.utils.checkpoint import load_checkpoint
@@ -39,10 +43,18 @@ CONTEXT = {"2d": 0, "k1": 1, "k2": 2, "smp": 0}
 METRICS = ("dice", "hd95", "nsd")
 
 
-def configure(dataset: str, model: str, replicate: int, epochs: int, out: Path, prepared: str | None):
+def prepared_folder(source: Path, context: int, out: Path) -> Path:
+    """experiment=hn_ct's medseg-prepare of SOURCE with CONTEXT slices (once; a rerun finds it up to date)."""
+    folder = out / f"prepared_k{context}"
+    settings = dict(layout="nnunet", normalize="ct", image_size=128, missing_labels="missing_labels.json")
+    prepare(source, folder, workers=2, context_slices=context, **settings)
+    return folder
+
+
+def configure(dataset: str, model: str, replicate: int, epochs: int | None, out: Path, prepared: Path | None):
     """The experiment config of one run: MODEL's context (or smp's network), fold or seed REPLICATE, EPOCHS."""
     overrides = [f"experiment={dataset}", f"data.context_slices={CONTEXT[model]}", "callbacks.progress_bar=null"]
-    overrides += [f"stage.stages.0.epochs={epochs}", "model.log_images=false"]
+    overrides += ["model.log_images=false", *([f"stage.stages.0.epochs={epochs}"] if epochs else [])]
     overrides += [f"data.fold={replicate}"] if dataset == "chaos_mr" else [f"seed={replicate}", f"data.root={prepared}"]
     cfg = compose_config(overrides, out)
     if model == "smp":
@@ -57,7 +69,8 @@ def configure(dataset: str, model: str, replicate: int, epochs: int, out: Path, 
 
 
 def volume_scores(cfg, best: Path, split: str) -> dict[str, float]:
-    """The per-volume means of the best checkpoint on SPLIT, as the test step computes them."""
+    """The per-volume means of the best checkpoint on SPLIT, as the test step computes them (a class a case
+    leaves out is not scored there)."""
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.setup("fit")
     module = instantiate(cfg.model, _recursive_=False)
@@ -67,33 +80,37 @@ def volume_scores(cfg, best: Path, split: str) -> dict[str, float]:
     loader = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
     with torch.no_grad():
         for batch in loader:
-            preds = module(batch["image"]).argmax(1).numpy()
+            preds = mask_unlabelled(module(batch["image"]).argmax(1), batch.get("labelled")).numpy()
             items = batch["index"] if "index" in batch else batch["id"]
             for i, pred, mask in zip(items, preds, batch["mask"].numpy(), strict=True):
                 slices[int(i)] = (pred.astype("uint8"), mask.astype("uint8"))
     return volume_means(slices, datamodule.volumes(split), list(cfg.data.class_names), split)
 
 
-def run(dataset: str, model: str, replicate: int, epochs: int, out: Path, prepared: str | None) -> dict:
+def run(dataset: str, model: str, replicate: int, epochs: int | None, out: Path, source: Path) -> dict:
     """Train one run and score it; the row written to results.jsonl."""
     folder = out / f"{model}_{replicate}"
+    prepared = prepared_folder(source, CONTEXT[model], out) if dataset == "hn_ct" else None
     cfg = configure(dataset, model, replicate, epochs, folder, prepared)
     start = time.perf_counter()
     train(cfg)
     seconds = time.perf_counter() - start
+    best = folder / "checkpoints" / "best.ckpt"
+    scores = volume_scores(cfg, best, "val")
     split = "val" if dataset == "chaos_mr" else "test"
-    scores = volume_scores(cfg, folder / "checkpoints" / "best.ckpt", split)
+    if split == "test":
+        scores |= volume_scores(cfg, best, "test")
     return {"model": model, "replicate": replicate, "train_s": round(seconds), "split": split, "scores": scores}
 
 
-def table(rows: list[dict], classes: list[str], metric: str) -> str:
-    """Markdown: per model, the mean +- std across replicates of METRIC per class and its class mean."""
+def table(rows: list[dict], classes: list[str], metric: str, split: str) -> str:
+    """Markdown: per model, the mean +- std across replicates of METRIC on SPLIT per class and its class mean."""
     lines = [f"| model | {' | '.join(classes)} | mean | n |", "|---" * (len(classes) + 3) + "|"]
     for model in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == model]
         cells = []
         for cls in [*classes, "mean"]:
-            values = [r["scores"][f"{r['split']}/volume_{metric}_{cls}"] for r in mine]
+            values = [r["scores"][f"{split}/volume_{metric}_{cls}"] for r in mine]
             spread = statistics.stdev(values) if len(values) > 1 else float("nan")
             cells.append(f"{statistics.mean(values):.3f} +- {spread:.3f}")
         lines.append(f"| {model} | {' | '.join(cells)} | {len(mine)} |")
@@ -106,8 +123,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(CONTEXT), choices=list(CONTEXT))
     parser.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--prepared", default=None, help="hn_ct: the medseg-prepare folder")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the experiment's)")
+    parser.add_argument("--source", type=Path, default=Path("../shared/data/hn_ct"), help="hn_ct: the data root")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/runs/volumes"))
     args = parser.parse_args()
     out = args.out / args.dataset
@@ -120,16 +137,19 @@ def main() -> None:
         for model in args.models:
             if (model, replicate) in done:
                 continue
-            row = run(args.dataset, model, replicate, args.epochs, out, args.prepared)
+            row = run(args.dataset, model, replicate, args.epochs, out, args.source)
             rows.append(row)
             with open(results, "a") as handle:
                 handle.write(json.dumps(row) + "\n")
             print(json.dumps(row), flush=True)
     keys = rows[0]["scores"] if rows else {}
-    classes = [k.split("volume_dice_")[1] for k in keys if "volume_dice_" in k and not k.endswith("_mean")]
-    for metric in METRICS:
-        print(f"\n{args.dataset}: per-volume {metric} (mean +- std across {len(replicates)} replicates)\n")
-        print(table([r for r in rows if r["replicate"] in replicates], classes, metric))
+    classes = list(dict.fromkeys(k.split("volume_dice_")[1] for k in keys if "volume_dice_" in k))
+    classes.remove("mean")
+    chosen = [r for r in rows if r["replicate"] in replicates]
+    for split in ("val",) if args.dataset == "chaos_mr" else ("val", "test"):
+        for metric in METRICS:
+            print(f"\n{args.dataset} {split}: per-volume {metric} (mean +- std across {len(replicates)} replicates)\n")
+            print(table(chosen, classes, metric, split))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,9 @@
-"""Segmentation losses: soft multi-class Dice, Focal, their hybrid, and inverse-frequency class weights."""
+"""Segmentation losses: soft multi-class Dice, Focal, their hybrid, and inverse-frequency class weights.
+
+Each takes an optional `labelled` [B, C] bool: the classes each sample's case contours. Where a class is not
+contoured, the marginal loss (Shi et al., Medical Image Analysis 2021) merges it into background: the
+probability of a background pixel is that of background or any class the case leaves out.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,26 @@ def _valid_onehot(logits: torch.Tensor, target: torch.Tensor, ignore_index: int 
     return logits.softmax(dim=1), onehot, valid.unsqueeze(1).to(logits.dtype)
 
 
+def _missing(labelled: torch.Tensor | None, target: torch.Tensor, num_classes: int) -> torch.Tensor | None:
+    """[B, C] bool: classes a sample's case leaves out (a class present in its target counts as contoured)."""
+    if labelled is None or bool(labelled.all()):
+        return None
+    known = torch.where(target < num_classes, target, torch.zeros_like(target))  # ignore_index: not a class
+    present = F.one_hot(known.flatten(1), num_classes).amax(1).bool()
+    missing = ~labelled.to(target.device).bool() & ~present
+    missing[:, 0] = False
+    return missing if bool(missing.any()) else None
+
+
+def merge_missing(probs: torch.Tensor, missing: torch.Tensor | None) -> torch.Tensor:
+    """Probabilities [B, C, H, W] with each sample's MISSING classes added to background and zeroed."""
+    if missing is None:
+        return probs
+    absent = missing[:, :, None, None].to(probs.dtype)
+    merged = probs * (1 - absent)
+    return torch.cat([merged[:, :1] + (probs * absent).sum(1, keepdim=True), merged[:, 1:]], dim=1)
+
+
 class _WeightedLoss(nn.Module):
     """A per-pixel class loss with an ignored label value and optional class weights (a non-saved buffer)."""
 
@@ -34,9 +59,10 @@ class DiceLoss(_WeightedLoss):
         super().__init__(ignore_index, class_weights)
         self.smooth = smooth
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Loss for [B, C, H, W] logits and [B, H, W] class indices."""
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, labelled: torch.Tensor | None = None) -> torch.Tensor:
+        """Loss for [B, C, H, W] logits and [B, H, W] class indices (LABELLED: see the module)."""
         probs, onehot, valid = _valid_onehot(logits, target, self.ignore_index)
+        probs = merge_missing(probs, _missing(labelled, target, logits.shape[1]))
         probs, onehot = probs * valid, onehot * valid
         dims = (0, 2, 3)
         inter = (probs * onehot).sum(dims)
@@ -54,13 +80,18 @@ class FocalLoss(_WeightedLoss):
         super().__init__(ignore_index, class_weights)
         self.gamma = gamma
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Loss for [B, C, H, W] logits and [B, H, W] class indices."""
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, labelled: torch.Tensor | None = None) -> torch.Tensor:
+        """Loss for [B, C, H, W] logits and [B, H, W] class indices (LABELLED: see the module)."""
         ignore = -100 if self.ignore_index is None else self.ignore_index
         logp = F.log_softmax(logits, dim=1)
         valid = target != ignore
         safe = torch.where(valid, target, torch.zeros_like(target))
         logpt = logp.gather(1, safe.unsqueeze(1)).squeeze(1)
+        missing = _missing(labelled, safe, logits.shape[1])
+        if missing is not None:  # log P(background or a missing class) for background pixels
+            missing[:, 0] = True
+            background = logp.masked_fill(~missing[:, :, None, None], float("-inf")).logsumexp(1)
+            logpt = torch.where(safe == 0, background, logpt)
         loss = -((1 - logpt.exp()) ** self.gamma) * logpt
         weight = valid.to(logits.dtype)
         if self.class_weights is not None:
@@ -84,9 +115,10 @@ class HybridLoss(nn.Module):
         self.dice = DiceLoss(smooth, ignore_index, class_weights)
         self.focal = FocalLoss(gamma, ignore_index, class_weights)
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, labelled: torch.Tensor | None = None) -> torch.Tensor:
         """Weighted sum of the Dice and Focal terms."""
-        return self.alpha * self.dice(logits, target) + (1 - self.alpha) * self.focal(logits, target)
+        dice, focal = self.dice(logits, target, labelled), self.focal(logits, target, labelled)
+        return self.alpha * dice + (1 - self.alpha) * focal
 
 
 def _as_tensor(weights) -> torch.Tensor | None:

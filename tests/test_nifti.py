@@ -105,10 +105,12 @@ def test_experiment_hn_ct_trains_streamed_from_a_prepared_subset(cache_dir, tmp_
 
     out = tmp_path / "hn_ct"
     settings = ["layout=nnunet", "image_size=64", "context_slices=1", "normalize=ct", "include_regex=^HNCT_00[1-8]_"]
+    settings.append("missing_labels=missing_labels.json")
     command = [sys.executable, "-m", "medseg.data.prepare", str(HN_CT), str(out), *settings, "--workers", "2"]
     subprocess.run(command, check=True, capture_output=True, timeout=600)
     meta = json.loads((out / "medseg.json").read_text())
     assert meta["settings"]["context_slices"] == 1 and meta["settings"]["class_names"][7] == "Mandible"
+    assert meta["settings"]["missing_labels"] == "missing_labels.json"
     assert sum(split["items"] for split in meta["splits"].values()) == 8 * 128
     ct = meta["intensity"]["ct"]  # HU of the training organs: the larynx's air to the mandible's bone
     assert meta["intensity"]["normalize"] == "ct" and -1100 < ct["low"] < -500 and 500 < ct["high"] < 3000

@@ -23,6 +23,7 @@ from medseg.data.geometry import split_volumes
 from medseg.data.index import Sample, source_fingerprint
 from medseg.data.intensity import Intensity
 from medseg.data.loaders import SplitLoaders, count_pixels, loader_workers, pin_memory
+from medseg.data.partial_labels import mark_missing, read_missing_labels
 from medseg.data.sources import decode_sample, index_layout, sample_intensity, select_files
 from medseg.data.split import fold_split, split_patients, subset_patients
 from medseg.data.synthetic import CLASS_NAMES as DEMO_CLASSES
@@ -52,6 +53,8 @@ class SegmentationDataModule(SplitLoaders, L.LightningDataModule):
             statistics, kept in checkpoints), "zscore" (per series) or "auto" (by Modality); medseg.data.intensity.
         mask_mapping: mask value -> class index; mask_threshold: binarise masks at this value instead.
         ignore_index: mask value ignored by loss and metrics.
+        missing_labels: a JSON file (relative to root, or absolute) of case -> class names its labels leave out;
+            those classes are unknown there, not background (medseg.data.partial_labels).
         patient_regex: first group of this regex on the file name is the patient (folder layout).
         include_regex, exclude_regex: keep only images whose file name matches / does not match (e.g. one site).
         split: train/val/test fractions of patients; seed: the split's and the subsets' seed.
@@ -80,6 +83,7 @@ class SegmentationDataModule(SplitLoaders, L.LightningDataModule):
         mask_mapping: Mapping[int, int] | None = None,
         mask_threshold: int | None = None,
         ignore_index: int = 255,
+        missing_labels: str | None = None,
         patient_regex: str = r"^(.*)$",
         include_regex: str | None = None,
         exclude_regex: str | None = None,
@@ -121,6 +125,8 @@ class SegmentationDataModule(SplitLoaders, L.LightningDataModule):
             raise FileNotFoundError(f"data root not found: {root}")
         samples = index_layout(root, hp.layout, hp.strict, hp.patient_regex)
         samples = select_files(samples, hp.include_regex, hp.exclude_regex, root)
+        if hp.missing_labels:
+            samples = mark_missing(samples, read_missing_labels(root / hp.missing_labels, self.class_names))
         parts = split_patients([s.patient for s in samples], hp.split, hp.seed)
         if hp.num_folds:
             parts = fold_split(parts, hp.num_folds, hp.fold, hp.seed)
@@ -255,7 +261,7 @@ class SegmentationDataModule(SplitLoaders, L.LightningDataModule):
         seed = self.hparams.seed * 10007 + self._train_loaders
         transform = self.train_transform(seed) if augment else None
         stacks = series_neighbours(samples, self.hparams.context_slices) if self.hparams.context_slices else None
-        return SliceDataset(samples, self._prepare, self._cache, transform, seed, stacks)
+        return SliceDataset(samples, self._prepare, self._cache, transform, seed, stacks, self.num_classes)
 
     def _loader(self, dataset: SliceDataset, train: bool) -> DataLoader:
         workers = loader_workers(self.hparams.num_workers, self.trainer)

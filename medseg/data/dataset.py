@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from medseg.data.index import Sample
+from medseg.data.partial_labels import labelled_vector
 
 
 def seed_worker_augmentation(worker_id: int) -> None:
@@ -31,8 +32,10 @@ class SliceDataset(Dataset):
         transform=None,
         seed: int | None = None,
         stacks: Sequence[Sequence[int]] | None = None,
+        num_classes: int | None = None,
     ) -> None:
         self.samples = list(samples)
+        self.num_classes = num_classes  # given: items carry `labelled`, the classes their case contours
         self.stacks = stacks  # per sample, the indices of its context stack (medseg.data.context)
         self.prepare = prepare
         self.cache = cache
@@ -54,7 +57,10 @@ class SliceDataset(Dataset):
         image, mask = self.load(index)
         if self.stacks is not None and len(self.stacks[index]) > 1:  # one augmentation draw for the whole stack
             image = np.concatenate([image if j == index else self.load(j)[0] for j in self.stacks[index]], axis=-1)
-        return {**to_tensors(image, mask, self.augment), "index": index}
+        item: dict[str, torch.Tensor | int] = {**to_tensors(image, mask, self.augment), "index": index}
+        if self.num_classes is not None:
+            item["labelled"] = torch.from_numpy(labelled_vector(self.samples[index].unlabelled, self.num_classes))
+        return item
 
 
 def to_tensors(image: np.ndarray, mask: np.ndarray, transform=None) -> dict[str, torch.Tensor]:

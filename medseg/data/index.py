@@ -32,6 +32,7 @@ class Sample:
     series: str = ""  # the series (volume) it belongs to; "" for a 2-D image
     slice_index: int = 0  # its place in the series along the slice normal
     modality: str = ""  # DICOM Modality (CT, MR, CR...) or an nnU-Net channel name; "" for plain images
+    unlabelled: tuple[int, ...] = ()  # classes its label map leaves out (medseg.data.partial_labels)
 
 
 def patient_key(ds: pydicom.Dataset, path: Path) -> tuple[str, bool]:

@@ -34,6 +34,7 @@ from medseg.data.datamodule import SegmentationDataModule
 from medseg.data.decode import MaskValueError
 from medseg.data.index import Sample, source_fingerprint
 from medseg.data.nifti import nnunet_class_names
+from medseg.data.partial_labels import labelled_vector
 from medseg.data.prepared import FORMAT_VERSION, METADATA, SPLITS, file_sha256, read_metadata, verify_chunks
 from medseg.data.split import subset_patients
 from medseg.utils.cli import run_cli
@@ -54,6 +55,7 @@ SETTINGS = (
     "mask_mapping",
     "mask_threshold",
     "ignore_index",
+    "missing_labels",
     "patient_regex",
     "split",
     "seed",
@@ -78,7 +80,7 @@ def _decoded(decode, sample: Sample):
     return decode(sample, with_meta=True)
 
 
-def encode_item(item: Item, decode, dtype: str) -> dict | None:
+def encode_item(item: Item, decode, dtype: str, num_classes: int) -> dict | None:
     """Decode one sample into a litdata item; None (and a line in refused.jsonl) when it cannot be read."""
     try:
         image, mask, meta = _decoded(decode, item.sample)
@@ -105,6 +107,7 @@ def encode_item(item: Item, decode, dtype: str) -> dict | None:
         "source": pseudonymous_path(item.sample.image.relative_to(item.root)),
         "frame": int(item.sample.frame),
         "spacing": [float(spacing[0]), float(spacing[1])],
+        "labelled": labelled_vector(item.sample.unlabelled, num_classes).astype(np.uint8),
     }
 
 
@@ -122,12 +125,14 @@ def _chunks(folder: Path) -> list[dict]:
     ]
 
 
-def _optimize(items: list[Item], folder: Path, decode, dtype: str, workers: int, chunk_bytes: str, compression) -> None:
+def _optimize(
+    items: list[Item], folder: Path, dm: SegmentationDataModule, dtype: str, workers: int, chunk_bytes: str, compression
+) -> None:
     from litdata import optimize
 
     folder.mkdir(parents=True)
     optimize(
-        fn=partial(encode_item, decode=decode, dtype=dtype),
+        fn=partial(encode_item, decode=dm._prepare, dtype=dtype, num_classes=dm.num_classes),
         inputs=items,
         output_dir=str(folder),
         num_workers=max(1, min(workers, len(items))),
@@ -146,7 +151,7 @@ def prepare(
     workers: int = 1,
     dtype: str = "float16",
     chunk_bytes: str = "64MB",
-    compression: str | None = None,
+    compression: str | None = "zstd",
     **data: Any,
 ) -> dict:
     """Write SRC as litdata chunks per split into OUT; returns the metadata written to OUT/medseg.json."""
@@ -182,6 +187,7 @@ def prepare(
         "test": dm.splits["test"],
     }
     meta: dict = {"format": FORMAT_VERSION, "settings": settings, "source": source, "dtype": dtype, "splits": {}}
+    meta["compression"] = compression
     meta["intensity"] = dm.intensity.stored()  # the CT statistics of the training split, for the checkpoints
     for name, samples in ordered.items():
         folder = out / name
@@ -191,7 +197,7 @@ def prepare(
         stacks = series_neighbours(samples, dm.hparams.context_slices)
         items = [Item(i, s, src, refused_file, tuple(samples[j] for j in stacks[i])) for i, s in enumerate(samples)]
         if items:
-            _optimize(items, folder, dm._prepare, dtype, workers, chunk_bytes, compression)
+            _optimize(items, folder, dm, dtype, workers, chunk_bytes, compression)
         refused = [json.loads(line) for line in refused_file.read_text().splitlines()] if refused_file.is_file() else []
         refused_file.unlink(missing_ok=True)
         if any(r["kind"] == "mask_values" for r in refused):
@@ -230,11 +236,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=1, help="parallel decoding processes")
     parser.add_argument("--dtype", choices=["float16", "uint8"], default="float16", help="stored image type")
     parser.add_argument("--chunk-bytes", default="64MB")
-    parser.add_argument("--compression", choices=["zstd"], default=None)
+    parser.add_argument(
+        "--compression", choices=["zstd", "none"], default="zstd", help="litdata chunk compression (default: zstd)"
+    )
     parser.add_argument("--debug", action="store_true", help="full tracebacks")
     args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("litdata").setLevel(logging.WARNING)
+    compression = None if args.compression == "none" else args.compression
     data = {}
     for item in args.settings:
         key, sep, value = item.partition("=")
@@ -244,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     meta = run_cli(
         "medseg-prepare",
         args.debug,
-        lambda: prepare(args.src, args.out, args.workers, args.dtype, args.chunk_bytes, args.compression, **data),
+        lambda: prepare(args.src, args.out, args.workers, args.dtype, args.chunk_bytes, compression, **data),
     )
     print(json.dumps({k: {f: v[f] for f in ("patients", "items", "refused")} for k, v in meta["splits"].items()}))
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import lightning as L
 import numpy as np
+import torch
 from litdata import StreamingDataLoader, StreamingDataset
 
 from medseg.data.augment import size_pair
@@ -46,8 +47,11 @@ class SegmentationStream(StreamingDataset):
 
     def __getitem__(self, index) -> dict:
         item = super().__getitem__(index)
-        out = to_tensors(np.asarray(item["image"]), np.asarray(item["mask"]), self.augment)
-        return {**out, "id": int(item["id"]), "patient": item["patient"]}
+        tensors = to_tensors(np.asarray(item["image"]), np.asarray(item["mask"]), self.augment)
+        out = {**tensors, "id": int(item["id"]), "patient": item["patient"]}
+        if "labelled" in item:  # folders prepared before partial labels have every class contoured
+            out["labelled"] = torch.from_numpy(np.asarray(item["labelled"]).astype(bool))
+        return out
 
 
 class StreamDataModule(SplitLoaders, L.LightningDataModule):

@@ -31,6 +31,7 @@ from medseg.data.context import series_neighbours, stack_images
 from medseg.data.decode import load_image_meta, load_mask
 from medseg.data.index import Sample
 from medseg.data.intensity import Intensity
+from medseg.data.partial_labels import mark_missing, read_missing_labels
 from medseg.data.sources import detect_layout, index_layout, sample_intensity
 from medseg.deploy.predictor import Predictor
 from medseg.evaluation.scores import SplitScores, case_scores
@@ -60,19 +61,23 @@ def evaluate(
     keep_names: bool = False,
     per_slice: bool = False,
     nsd_tolerance: float = 2.0,
+    missing_labels: str | Path | None = None,
 ) -> list[dict]:
     """Evaluate MODEL (one model or an ensemble of checkpoints; TTA and post-processing as the Predictor
     takes them) on the labelled images under DATA_DIR (one split of a run's split.json); returns rows.
 
     A case is a volume (the slices of one series; PER_SLICE: each slice) or a 2-D image, named by keyed
     pseudonym (of the series, of the SOP instance and frame, or of the image's path) unless KEEP_NAMES.
-    NSD_TOLERANCE is the normalised surface distance's tolerance in mm (pixels without spacing)."""
+    NSD_TOLERANCE is the normalised surface distance's tolerance in mm (pixels without spacing). MISSING_LABELS: a
+    JSON file of case -> class names its labels leave out; those (case, class) pairs are not scored."""
     predictor = Predictor(model, tta=tta, keep_largest=keep_largest)
     info, out, data_dir = predictor.info, Path(out), Path(data_dir)
     classes = info.class_names
     samples = index_layout(data_dir, detect_layout(data_dir), patient_regex=patient_regex)
     if split_file is not None:
         samples = split_samples(samples, data_dir, split_file, split)
+    if missing_labels is not None:
+        samples = mark_missing(samples, read_missing_labels(data_dir / missing_labels, classes))
     whole, scored, names = SplitScores(classes), [], []
     intensity = sample_intensity(samples, info.normalize, Intensity.of_model(info.normalize, info.ct_statistics).ct)
     decoded = [load_image_meta(sample, info.in_channels, info.window, intensity) for sample in samples]
@@ -82,6 +87,7 @@ def evaluate(
     for sample, (image, meta), stack in progress(items, len(samples), "evaluating"):
         target = load_mask(sample, len(classes), mask_mapping, mask_threshold, meta=meta, shape=image.shape[:2])
         pred = predictor.segment(stack_images(images, stack), spacing=meta.pixel_spacing if meta else None)
+        pred = np.where(np.isin(pred, sample.unlabelled), 0, pred)  # a class the case leaves out: not scored
         whole.update(pred, target)
         scored.append(Scored(sample, meta, image, target, pred))
         names.append(
@@ -162,11 +168,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--keep-names", action="store_true", help="name image cases by file name, not pseudonym")
     parser.add_argument("--per-slice", action="store_true", help="score each slice of a series as its own case")
     parser.add_argument("--nsd-tolerance", type=float, default=2.0, help="NSD tolerance in mm (default: 2)")
+    parser.add_argument("--missing-labels", default=None, help="JSON: case -> class names its labels leave out")
     add_inference_options(parser)
     parser.add_argument("--debug", action="store_true", help="full tracebacks")
     args = parser.parse_args(argv)
     keys: tuple[str, ...] = ("mask_threshold", "mask_mapping", "worst", "patient_regex", "split_file", "split")
-    keys += ("keep_names", "per_slice", "nsd_tolerance")
+    keys += ("keep_names", "per_slice", "nsd_tolerance", "missing_labels")
     options = {key: getattr(args, key) for key in keys} | inference_options(args)
     run_cli("medseg-eval", args.debug, lambda: evaluate(args.model, args.data_dir, args.out, **options))
     with open(args.out / "summary.csv") as handle:

@@ -12,6 +12,7 @@ import torch
 from omegaconf import OmegaConf
 from torchmetrics import MetricCollection
 
+from medseg.data.partial_labels import mask_unlabelled
 from medseg.deploy.averaging import tta_logits
 from medseg.deploy.views import check_tta
 from medseg.evaluation.scores import foreground_scores, segmentation_metrics, update_ignoring
@@ -134,17 +135,24 @@ class SegmentationModule(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
+    def _loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
+        """The criterion; with the batch's `labelled` classes where a case leaves some out (the marginal loss)."""
+        labelled = batch.get("labelled")
+        if labelled is None or bool(labelled.all()):
+            return self.criterion(logits, batch["mask"])
+        return self.criterion(logits, batch["mask"], labelled)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         logits = self(batch["image"])
-        loss = self.criterion(logits, batch["mask"])
+        loss = self._loss(logits, batch)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(logits))
         return loss
 
     def _evaluate(self, batch: dict, metrics: MetricCollection, prefix: str, final: bool = False) -> torch.Tensor:
         logits = tta_logits(self, batch["image"], self.tta) if final else self(batch["image"])
-        loss = self.criterion(logits, batch["mask"])
+        loss = self._loss(logits, batch)
         self.log(f"{prefix}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(logits), sync_dist=True)
-        pred = logits.argmax(1)
+        pred = mask_unlabelled(logits.argmax(1), batch.get("labelled"))  # left out of the scores of that case
         if final and self.keep:
             cleaned = [keep_largest(p, self.keep) for p in pred.cpu().numpy()]
             pred = torch.as_tensor(np.stack(cleaned), device=pred.device)
