@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import json
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,42 +25,16 @@ import time
 from pathlib import Path
 
 import pydicom
-import yaml
 from pydicom.uid import generate_uid
 
 from medseg.deploy.seg import ModelIdentity
 from medseg.node.service import file_sha256
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.node_helpers import node_config, run_orthanc, storescu, to_orthanc, wait_for  # noqa: E402
+from tests.node_helpers import start_node as start_node_process  # noqa: E402
+
 QUIET_S = 1.0
-STORESCU = "/usr/bin/storescu"  # dcmtk's (pynetdicom installs another one into the venv)
-PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
-
-
-def free_ports(count: int = 1) -> list[int]:
-    """COUNT distinct TCP ports free on loopback now (held together while chosen, so never the same twice)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def free_port() -> int:
-    """A TCP port free on loopback now."""
-    return free_ports()[0]
-
-
-def wait(predicate, timeout: float = 300.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise TimeoutError(f"nothing after {timeout} s")
 
 
 def fresh_copy(series: Path, out: Path) -> tuple[list[Path], str]:
@@ -79,47 +51,12 @@ def fresh_copy(series: Path, out: Path) -> tuple[list[Path], str]:
     return files, uid
 
 
-def start_orthanc(folder: Path):
-    folder.mkdir(parents=True)
-    http, dicom = free_ports(2)
-    config = {"StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"), "HttpPort": http}
-    config |= {"DicomPort": dicom, "DicomAet": "ORTHANC", "RemoteAccessAllowed": False}
-    config |= {"AuthenticationEnabled": False, "Plugins": [PLUGIN], "DicomWeb": {"Enable": True}}
-    (folder / "orthanc.json").write_text(json.dumps(config))
-    process = subprocess.Popen(
-        ["Orthanc", str(folder / "orthanc.json")], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
-    )
-    from dicomweb_client.api import DICOMwebClient
-
-    client = DICOMwebClient(f"http://127.0.0.1:{http}/dicom-web")
-    wait(lambda: _answers(client), 30)
-    return process, dicom, client
-
-
-def _answers(client) -> bool:
-    try:
-        return client.search_for_studies() is not None
-    except Exception:
-        return False
-
-
 def start_node(model: Path, folder: Path, dicom: int, threads: int) -> tuple[subprocess.Popen, int]:
+    """medseg-node sending every series' SEG to Orthanc's DICOM port, with THREADS for the network."""
     folder.mkdir(parents=True)
-    port = free_port()
-    settings = {"ae_title": "MEDSEG", "port": port, "allowed_aes": ["STORESCU"], "spool": str(folder / "spool")}
-    settings |= {"model": str(model), "rules": [{"name": "any"}], "quiet_s": QUIET_S, "threads": threads}
-    settings["destination"] = {"dimse": {"host": "127.0.0.1", "port": dicom, "ae_title": "ORTHANC"}}
-    (folder / "node.yaml").write_text(yaml.safe_dump(settings))
-    command = [sys.executable, "-m", "medseg.node.cli", "serve", str(folder / "node.yaml")]
-    log = open(folder / "node.out", "w")  # noqa: SIM115 - kept open for the process's lifetime
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    wait(lambda: listening(port), 60)
-    return process, port
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+    extra = {"rules": [{"name": "any"}], "quiet_s": QUIET_S, "threads": threads, "model_name": model.stem}
+    config, port = node_config(folder, model, to_orthanc(dicom), **extra)
+    return start_node_process(config, port), port
 
 
 def seg_found(client, seg_series: str) -> bool:
@@ -130,14 +67,14 @@ def seg_found(client, seg_series: str) -> bool:
 def send_and_wait(files: list[Path], uid: str, port: int, client, model: ModelIdentity) -> float:
     seg_series, _ = model.seg_uids(uid)
     start = time.perf_counter()
-    command = [STORESCU, "-aet", "STORESCU", "-aec", "MEDSEG", "127.0.0.1", str(port), *map(str, files)]
-    subprocess.run(command, check=True, capture_output=True)
-    wait(lambda: seg_found(client, seg_series))
+    storescu(files, port).check_returncode()
+    wait_for(lambda: seg_found(client, seg_series), timeout=300)
     return time.perf_counter() - start
 
 
 def measure(model: Path, series: Path, repeats: int, burst: int, threads: int, work: Path) -> dict:
-    orthanc, dicom, client = start_orthanc(work / "orthanc")
+    (work / "orthanc").mkdir(parents=True)
+    orthanc, _, dicom, client = run_orthanc(work / "orthanc")
     node, port = start_node(model, work / "node", dicom, threads)
     identity = ModelIdentity(sha256=file_sha256(model))
     try:

@@ -154,6 +154,16 @@ def start_node(config: Path, port: int | None) -> subprocess.Popen:
     return process
 
 
+def run_node_until(config: Path, port: int, done) -> None:
+    """Start the node on CONFIG, wait until DONE() holds, then stop it."""
+    node = start_node(config, port)
+    try:
+        wait_for(done)
+    finally:
+        node.terminate()
+        node.wait(timeout=30)
+
+
 def _listening(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0

@@ -26,6 +26,7 @@ from .node_helpers import (
     job_states,
     needs_servers,
     node_config,
+    run_node_until,
     run_orthanc,
     segs_of,
     series_files,
@@ -169,22 +170,12 @@ def test_a_killed_node_processes_pending_series_once_and_never_sends_a_seg_twice
     node = start_node(config, port)
     # SIGKILL again as soon as the node has started on the series: selected, segmented, or even sent
     assert kill_when(node, lambda: set(job_states(config).values()) != {"received"}, timeout=90, poll=0.01)
-    node = start_node(config, port)
-    try:
-        wait_for(lambda: list(job_states(config).values()) == ["sent"])
-    finally:
-        node.kill()
-        node.wait(timeout=30)
+    run_node_until(config, port, lambda: list(job_states(config).values()) == ["sent"])
     # killed after sending but before recording it: the restarted node sends the same SEG instance again
     spool = Path(yaml.safe_load(config.read_text())["spool"])
     with sqlite3.connect(spool / "jobs.sqlite") as db:
         db.execute("UPDATE jobs SET state = 'segmented'")
-    node = start_node(config, port)
-    try:
-        wait_for(lambda: list(job_states(config).values()) == ["sent"])
-    finally:
-        node.terminate()
-        node.wait(timeout=30)
+    run_node_until(config, port, lambda: list(job_states(config).values()) == ["sent"])
     assert len(segs_of(client, uid)) == 1
 
 
