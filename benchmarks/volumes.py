@@ -14,7 +14,8 @@ context) and on the test patients. Models: `2d` (context_slices=0), `k1` and `k2
 timm encoder with smp's defaults, 2-D). Every model gets the experiment's data pipeline and the same
 number of epochs. Scores are those of the test step: per volume on the network's grid (mm with the slice
 spacing; NSD at 2 mm), then the mean over volumes; tables give the mean +- std across folds or seeds.
-Results go to OUT/results.jsonl; a rerun skips the runs already there.
+Each run is a row of RESULTS (default OUT/<dataset>/results.jsonl; one in the repository lets a campaign go on
+in a later session): a rerun skips the (model, replicate, epochs) already there and tables the rows at EPOCHS.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -100,7 +102,9 @@ def run(dataset: str, model: str, replicate: int, epochs: int | None, out: Path,
     split = "val" if dataset == "chaos_mr" else "test"
     if split == "test":
         scores |= volume_scores(cfg, best, "test")
-    return {"model": model, "replicate": replicate, "train_s": round(seconds), "split": split, "scores": scores}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    row = {"model": model, "replicate": replicate, "epochs": int(cfg.trainer.max_epochs), "train_s": round(seconds)}
+    return row | {"split": split, "date": time.strftime("%Y-%m-%d"), "commit": commit, "scores": scores}
 
 
 def table(rows: list[dict], classes: list[str], metric: str, split: str) -> str:
@@ -125,19 +129,22 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the experiment's)")
     parser.add_argument("--source", type=Path, default=Path("../shared/data/hn_ct"), help="hn_ct: the data root")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/runs/volumes"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/runs/volumes"), help="runs and prepared data")
+    parser.add_argument("--results", type=Path, default=None, help="the rows (default OUT/<dataset>/results.jsonl)")
     args = parser.parse_args()
     out = args.out / args.dataset
     out.mkdir(parents=True, exist_ok=True)
-    results = out / "results.jsonl"
+    results = args.results or out / "results.jsonl"
     rows = [json.loads(line) for line in results.read_text().splitlines()] if results.is_file() else []
+    epochs = args.epochs or int(compose_config([f"experiment={args.dataset}"], out).trainer.max_epochs)
+    rows = [r for r in rows if r.get("epochs") == epochs]
     done = {(r["model"], r["replicate"]) for r in rows}
     replicates = args.folds if args.dataset == "chaos_mr" else args.seeds
     for replicate in replicates:
         for model in args.models:
             if (model, replicate) in done:
                 continue
-            row = run(args.dataset, model, replicate, args.epochs, out, args.source)
+            row = run(args.dataset, model, replicate, epochs, out, args.source)
             rows.append(row)
             with open(results, "a") as handle:
                 handle.write(json.dumps(row) + "\n")
@@ -148,7 +155,8 @@ def main() -> None:
     chosen = [r for r in rows if r["replicate"] in replicates]
     for split in ("val",) if args.dataset == "chaos_mr" else ("val", "test"):
         for metric in METRICS:
-            print(f"\n{args.dataset} {split}: per-volume {metric} (mean +- std across {len(replicates)} replicates)\n")
+            title = f"{args.dataset} {split}, {epochs} epochs: per-volume {metric}, mean +- std across replicates"
+            print(f"\n{title}\n")
             print(table(chosen, classes, metric, split))
 
 

@@ -41,6 +41,7 @@ def test_prepare_writes_splits_and_reruns_as_noop(prepared, demo_root):
     volumes = meta["splits"]["test"]["volumes"]  # for the test step's per-volume scores
     assert [len(v["items"]) for v in volumes] == [8, 8] and all(v["spacing"] == [5.0, 6.0, 6.0] for v in volumes)
     assert StreamDataModule(str(prepared)).volumes("test") == volumes
+    assert [len(v["items"]) for v in StreamDataModule(str(prepared)).volumes("val")] == [8, 8]
     stamp = (prepared / "medseg.json").stat().st_mtime_ns
     chunks = {p: p.stat().st_mtime_ns for p in prepared.rglob("*.bin")}
     again = prepare(demo_root, prepared, workers=1, image_size=SIZE)

@@ -215,8 +215,8 @@ def prepare(
             # slices of every training patient in data_fraction order (subset_patients takes prefixes of it)
             "patient_items": [per_patient[p] for p in sorted(rank, key=rank.__getitem__)] if name == "train" else [],
         }
-        if name == "test":  # per-volume scores of the test step; names as keyed pseudonyms
-            volumes = dm.volumes("test")
+        if name != "train":  # per-volume scores (test step, benchmarks); names as keyed pseudonyms
+            volumes = dm.volumes(name)
             meta["splits"][name]["volumes"] = [{**v, "name": pseudonym(v["name"])} for v in volumes]
         log.info("%s: %d patients, %d slices, %d refused", name, len(per_patient), len(kept), len(dropped))
     if not meta["splits"]["train"]["items"] or not meta["splits"]["val"]["items"]:
