@@ -94,6 +94,7 @@ def run(dataset: str, model: str, replicate: int, epochs: int | None, out: Path,
     folder = out / f"{model}_{replicate}"
     prepared = prepared_folder(source, CONTEXT[model], out) if dataset == "hn_ct" else None
     cfg = configure(dataset, model, replicate, epochs, folder, prepared)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     start = time.perf_counter()
     train(cfg)
     seconds = time.perf_counter() - start
@@ -102,7 +103,6 @@ def run(dataset: str, model: str, replicate: int, epochs: int | None, out: Path,
     split = "val" if dataset == "chaos_mr" else "test"
     if split == "test":
         scores |= volume_scores(cfg, best, "test")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     row = {"model": model, "replicate": replicate, "epochs": int(cfg.trainer.max_epochs), "train_s": round(seconds)}
     return row | {"split": split, "date": time.strftime("%Y-%m-%d"), "commit": commit, "scores": scores}
 
