@@ -48,8 +48,16 @@ METRICS = ("dice", "hd95", "nsd")
 def prepared_folder(source: Path, context: int, out: Path) -> Path:
     """experiment=hn_ct's medseg-prepare of SOURCE with CONTEXT slices (once; a rerun finds it up to date)."""
     folder = out / f"prepared_k{context}"
-    settings = dict(layout="nnunet", normalize="ct", image_size=128, missing_labels="missing_labels.json")
-    prepare(source, folder, workers=2, context_slices=context, **settings)
+    prepare(
+        source,
+        folder,
+        workers=2,
+        layout="nnunet",
+        normalize="ct",
+        image_size=128,
+        context_slices=context,
+        missing_labels="missing_labels.json",
+    )
     return folder
 
 

@@ -29,13 +29,13 @@ def dcmtk_storescu() -> str | None:
     return None
 
 
-ORTHANC, DCIODVFY = shutil.which("Orthanc"), shutil.which("dciodvfy")
-STORESCU = dcmtk_storescu()
+ORTHANC, DCIODVFY = shutil.which("Orthanc") or "", shutil.which("dciodvfy") or ""  # "": not installed
+STORESCU = dcmtk_storescu() or ""
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 needs_servers = pytest.mark.skipif(
     not (ORTHANC and STORESCU and DICOMWEB_PLUGIN.is_file()), reason="orthanc, orthanc-dicomweb or dcmtk missing"
 )
-needs_dciodvfy = pytest.mark.skipif(DCIODVFY is None, reason="dciodvfy (dicom3tools) missing")
+needs_dciodvfy = pytest.mark.skipif(not DCIODVFY, reason="dciodvfy (dicom3tools) missing")
 RULES = [{"name": "abdomen-ct", "modality": "CT", "series_description": "abdomen", "slices": [2, 500]}]
 
 
