@@ -51,7 +51,7 @@ class MLflowTracker(MLFlowLogger):
     def finalize(self, status: str = "success") -> None:
         """Stop sampling system metrics, then end the run."""
         if self._monitor is not None:
-            self._monitor.finish()
+            _stop_monitor(self._monitor)
             self._monitor = None
         super().finalize(status)
 
@@ -81,6 +81,16 @@ def _system_monitor(run_id: str, tracking_uri: str | None, interval: float):
         return None
     monitor.start()
     return monitor
+
+
+def _stop_monitor(monitor) -> None:
+    """Stop sampling; a run shorter than one interval still gets one sample of each system metric (MLflow's
+    monitor publishes only after a whole interval)."""
+    monitor.finish()
+    if getattr(monitor, "_logging_step", 1) == 0:
+        monitor.collect_metrics()
+        monitor.publish_metrics(monitor.aggregate_metrics())
+        monitor.mlflow_logger.flush()
 
 
 class DatasetRecord(Callback):
