@@ -57,6 +57,7 @@ def prepared_folder(source: Path, context: int, out: Path) -> Path:
         image_size=128,
         context_slices=context,
         missing_labels="missing_labels.json",
+        compression="zstd",
     )
     return folder
 

@@ -202,14 +202,14 @@ def test_context_stacks_are_prepared_as_the_data_module_stacks_them(make_cfg, de
     assert torch.isfinite(torch.tensor(metrics["train/loss"]))
 
 
-def test_zstd_chunks_by_default_are_smaller_than_raw_ones_and_stream_the_same_batches(prepared, demo_root, tmp_path):
-    raw = prepare(demo_root, tmp_path / "raw", workers=1, image_size=SIZE, compression=None)
-    assert raw["splits"]["val"]["items"] == 16 and raw["compression"] is None
-    assert json.loads((prepared / "medseg.json").read_text())["compression"] == "zstd"
-    size = {folder: sum(p.stat().st_size for p in folder.rglob("*.bin")) for folder in (prepared, tmp_path / "raw")}
-    assert size[prepared] < 0.8 * size[tmp_path / "raw"]
+def test_zstd_chunks_are_smaller_than_raw_ones_and_stream_the_same_batches(prepared, demo_root, tmp_path):
+    compressed = prepare(demo_root, tmp_path / "zstd", workers=1, image_size=SIZE, compression="zstd")
+    assert compressed["splits"]["val"]["items"] == 16 and compressed["compression"] == "zstd"
+    assert json.loads((prepared / "medseg.json").read_text())["compression"] is None
+    size = {folder: sum(p.stat().st_size for p in folder.rglob("*.bin")) for folder in (prepared, tmp_path / "zstd")}
+    assert size[tmp_path / "zstd"] < 0.8 * size[prepared]
     batches = []
-    for folder in (prepared, tmp_path / "raw"):
+    for folder in (prepared, tmp_path / "zstd"):
         datamodule = StreamDataModule(str(folder), batch_size=4)
         datamodule.setup("validate")
         batches.append(next(iter(datamodule.val_dataloader())))

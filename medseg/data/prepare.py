@@ -151,7 +151,7 @@ def prepare(
     workers: int = 1,
     dtype: str = "float16",
     chunk_bytes: str = "64MB",
-    compression: str | None = "zstd",
+    compression: str | None = None,
     **data: Any,
 ) -> dict:
     """Write SRC as litdata chunks per split into OUT; returns the metadata written to OUT/medseg.json."""
@@ -237,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--dtype", choices=["float16", "uint8"], default="float16", help="stored image type")
     parser.add_argument("--chunk-bytes", default="64MB")
     parser.add_argument(
-        "--compression", choices=["zstd", "none"], default="zstd", help="litdata chunk compression (default: zstd)"
+        "--compression", choices=["zstd", "none"], default="none", help="litdata chunk compression (zstd: volumes)"
     )
     parser.add_argument("--debug", action="store_true", help="full tracebacks")
     args = parser.parse_intermixed_args(argv)
