@@ -51,6 +51,19 @@ def test_empty_mask_convention():
     assert all(math.isnan(scores[m][2]) for m in ("dice", "iou", "hd95"))  # class 3 empty in both
 
 
+def test_surface_distances_of_the_classes_in_both_masks_only(recwarn):
+    target = np.zeros((30, 30), np.uint8)
+    target[5:15, 5:15], target[20:25, 20:25] = 1, 3  # class 2 absent from both, class 3 missed
+    pred = np.zeros_like(target)
+    pred[6:16, 5:15] = 1
+    scores = case_scores(pred, target, 4, [1.0, 0.8], nsd_tolerance=0.5)
+    alone = case_scores(pred, np.where(target == 1, 1, 0), 2, [1.0, 0.8], nsd_tolerance=0.5)
+    np.testing.assert_allclose([scores["hd95"][0], scores["nsd"][0]], [alone["hd95"][0], alone["nsd"][0]])
+    assert 0 < scores["nsd"][0] < 1 and scores["hd95"][0] == pytest.approx(1.0)
+    assert math.isnan(scores["nsd"][1]) and scores["nsd"][2] == 0.0 and math.isnan(scores["hd95"][2])
+    assert not [w for w in recwarn if "is all 0" in str(w.message)]  # MONAI is not asked about empty classes
+
+
 def test_eval_cli_on_demo_dicom(demo_checkpoint, demo_root, tmp_path, capsys):
     main([str(demo_checkpoint), str(demo_root), "--out", str(tmp_path / "volumes"), "--worst", "2"])
     with open(tmp_path / "volumes" / "cases.csv") as handle:

@@ -70,6 +70,23 @@ class SplitScores:
         return {k: float(v) for k, v in foreground_scores(self.metrics.compute(), self.class_names).items()}
 
 
+def _surface_scores(onehot: list[torch.Tensor], both: torch.Tensor, spacing, nsd_tolerance: float | None):
+    """HD95 and NSD (with NSD_TOLERANCE) of the classes in BOTH masks, NaN elsewhere. MONAI is given those
+    classes only: it warns about, and returns inf or NaN for, empty ones, which the empty-mask convention scores."""
+    from monai.metrics import compute_hausdorff_distance, compute_surface_dice
+
+    hd95, nsd = torch.full(both.shape, float("nan")), torch.full(both.shape, float("nan"))
+    if not both.any():
+        return hd95, nsd
+    present = [0, *(torch.nonzero(both).flatten() + 1).tolist()]
+    pred, ref = onehot[0][:, present], onehot[1][:, present]
+    hd95[both] = compute_hausdorff_distance(pred, ref, include_background=False, percentile=95, spacing=spacing)[0]
+    if nsd_tolerance is not None:
+        thresholds = [float(nsd_tolerance)] * int(both.sum())
+        nsd[both] = compute_surface_dice(pred, ref, thresholds, include_background=False, spacing=spacing)[0].float()
+    return hd95, nsd
+
+
 def case_scores(
     pred: np.ndarray,
     target: np.ndarray,
@@ -82,8 +99,6 @@ def case_scores(
     SPACING, the first axis first), with the empty-mask convention applied; with NSD_TOLERANCE (mm) also the
     normalised surface distance `nsd`, and the predicted and true volumes `volume_pred`, `volume_true` (mL
     where SPACING is in mm). Pixels at IGNORE_INDEX in TARGET count as background in both."""
-    from monai.metrics import compute_hausdorff_distance, compute_surface_dice
-
     ignored = target == ignore_index
     pred, target = np.where(ignored, 0, pred), np.where(ignored, 0, target)
     p, t = torch.from_numpy(pred.astype(np.int64))[None], torch.from_numpy(target.astype(np.int64))[None]
@@ -93,12 +108,7 @@ def case_scores(
     axes = tuple(range(1, pred.ndim + 1))
     counts = [x[0, 1:].sum(axes) for x in onehot]
     pred_empty, ref_empty = counts[0] == 0, counts[1] == 0
-    hd95, nsd = torch.full((num_classes - 1,), float("nan")), torch.full((num_classes - 1,), float("nan"))
-    both = ~ref_empty & ~pred_empty
-    if both.any():
-        hd95[both] = compute_hausdorff_distance(
-            onehot[0], onehot[1], include_background=False, percentile=95, spacing=spacing
-        )[0].float()[both]
+    hd95, nsd = _surface_scores(onehot, ~ref_empty & ~pred_empty, spacing, nsd_tolerance)
     dice, iou = dice.float().clone(), iou.float().clone()
     neither = ref_empty & pred_empty
     dice[neither], iou[neither] = float("nan"), float("nan")
@@ -106,10 +116,6 @@ def case_scores(
     dice[one], iou[one] = 0.0, 0.0
     scores = {"dice": dice.numpy(), "iou": iou.numpy(), "hd95": hd95.numpy()}
     if nsd_tolerance is not None:
-        if both.any():
-            thresholds = [float(nsd_tolerance)] * (num_classes - 1)
-            surface = compute_surface_dice(onehot[0], onehot[1], thresholds, include_background=False, spacing=spacing)
-            nsd[both] = surface[0].float()[both]
         nsd[one] = 0.0
         voxel_ml = float(np.prod(spacing)) / 1000.0 if spacing is not None else 1.0
         scores |= {"nsd": nsd.numpy(), "volume_pred": counts[0].numpy() * voxel_ml}
