@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from collections import Counter
@@ -9,12 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from litdata import StreamingDataLoader
 from omegaconf import open_dict
 
 from medseg.data.datamodule import SegmentationDataModule
 from medseg.data.prepare import prepare
 from medseg.data.prepared import read_metadata
-from medseg.data.stream import StreamDataModule
+from medseg.data.stream import SegmentationStream, StreamDataModule
 from medseg.training.pipeline import train
 from medseg.utils.privacy import pseudonym
 
@@ -155,6 +157,30 @@ def test_killed_mid_epoch_resumes_without_repeating_or_skipping(prepared, cache_
     final = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert final["global_step"] == 32
     assert json.loads(json.dumps(final["loops"]["fit_loop"]["epoch_progress"]["current"]))["processed"] == 2
+
+
+@pytest.mark.parametrize("compression", [None, "zstd"])
+def test_a_stream_resumed_after_any_batch_yields_every_sample_once(demo_root, tmp_path, compression):
+    folder = tmp_path / "prepared"
+    prepare(demo_root, folder, workers=2, image_size=SIZE, compression=compression)  # two chunks per split
+
+    def epoch(limit: int | None) -> StreamingDataLoader:
+        stream = SegmentationStream(f"{folder}/train", limit=limit, shuffle=True, drop_last=True, seed=42)
+        loader = StreamingDataLoader(stream, batch_size=4, num_workers=0, drop_last=True)
+        loader.current_epoch = 1
+        return loader
+
+    for limit in (None, 40):  # the whole split, and a data fraction that ends inside a chunk
+        expected = sorted(i for batch in epoch(limit) for i in batch["id"].tolist())
+        assert len(expected) == (limit or 64)
+        for stop in range(1, len(expected) // 4):
+            killed, seen = epoch(limit), []
+            for batch in itertools.islice(killed, stop):
+                seen += batch["id"].tolist()
+            resumed = epoch(limit)
+            resumed.load_state_dict(killed.state_dict())
+            seen += [i for batch in resumed for i in batch["id"].tolist()]
+            assert sorted(seen) == expected, (limit, stop, Counter(seen).most_common(2))
 
 
 def _tampered(prepared: Path, tmp_path: Path) -> Path:
