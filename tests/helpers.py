@@ -35,15 +35,16 @@ def start_train(args: list[str], cache_dir: Path) -> subprocess.Popen:
 
 
 def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float = 240, poll: float = 0.05) -> bool:
-    """SIGKILL PROC as soon as READY() holds (or at the deadline); True when it was still running then."""
+    """SIGKILL PROC as soon as READY() holds (or at the deadline); True when READY() held with PROC still running."""
     deadline = time.time() + timeout
     try:
-        while time.time() < deadline and proc.poll() is None and not ready():
+        held = False
+        while time.time() < deadline and proc.poll() is None and not (held := ready()):
             time.sleep(poll)
         running = proc.poll() is None
         if running:
             os.kill(proc.pid, signal.SIGKILL)
-        return running
+        return held and running
     finally:
         proc.kill()
         proc.wait()

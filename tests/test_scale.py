@@ -177,7 +177,7 @@ def test_killed_mid_epoch_resumes_and_finishes(cache_dir, make_cfg, tmp_path, ca
     ]
     proc = start_train([*args, f"hydra.run.dir={run}"], cache_dir)
     last = run / "checkpoints" / "last.ckpt"
-    kill_when(proc, lambda: (p := _progress(last)) is not None and p[0] > 16 and p[0] % 16 != 0, poll=0.2)
+    assert kill_when(proc, lambda: (p := _progress(last)) is not None and p[0] > 16 and p[0] % 16 != 0, poll=0.2)
     step, processed = _progress(last)
     assert processed == 1 and 16 < step < 32, (step, processed)  # killed inside the second epoch
     with caplog.at_level(logging.INFO, logger="medseg.progress"):
