@@ -25,6 +25,14 @@ from .helpers import kill_when, read_ids, run_train, start_train
 SIZE = 64
 
 
+@pytest.fixture(scope="module")
+def zstd_prepared(demo_root, tmp_path_factory) -> Path:
+    """The demo prepared as the `prepared` fixture is, with zstd chunks."""
+    out = tmp_path_factory.mktemp("zstd") / "demo"
+    prepare(demo_root, out, workers=2, image_size=SIZE, compression="zstd")
+    return out
+
+
 def stream_cfg(make_cfg, prepared: Path, extra: list[str], out: Path):
     return make_cfg(
         ["data=stream", f"data.root={prepared}", "data.batch_size=4", "model.log_images=false", *extra], out
@@ -159,10 +167,9 @@ def test_killed_mid_epoch_resumes_without_repeating_or_skipping(prepared, cache_
     assert json.loads(json.dumps(final["loops"]["fit_loop"]["epoch_progress"]["current"]))["processed"] == 2
 
 
-@pytest.mark.parametrize("compression", [None, "zstd"])
-def test_a_stream_resumed_after_any_batch_yields_every_sample_once(demo_root, tmp_path, compression):
-    folder = tmp_path / "prepared"
-    prepare(demo_root, folder, workers=2, image_size=SIZE, compression=compression)  # two chunks per split
+@pytest.mark.parametrize("chunks", ["prepared", "zstd_prepared"])
+def test_a_stream_resumed_after_any_batch_yields_every_sample_once(request, chunks):
+    folder = request.getfixturevalue(chunks)  # raw and zstd chunks, two per split (two prepare workers)
 
     def epoch(limit: int | None) -> StreamingDataLoader:
         stream = SegmentationStream(f"{folder}/train", limit=limit, shuffle=True, drop_last=True, seed=42)
@@ -228,14 +235,14 @@ def test_context_stacks_are_prepared_as_the_data_module_stacks_them(make_cfg, de
     assert torch.isfinite(torch.tensor(metrics["train/loss"]))
 
 
-def test_zstd_chunks_are_smaller_than_raw_ones_and_stream_the_same_batches(prepared, demo_root, tmp_path):
-    compressed = prepare(demo_root, tmp_path / "zstd", workers=1, image_size=SIZE, compression="zstd")
+def test_zstd_chunks_are_smaller_than_raw_ones_and_stream_the_same_batches(prepared, zstd_prepared):
+    compressed = read_metadata(zstd_prepared)
     assert compressed["splits"]["val"]["items"] == 16 and compressed["compression"] == "zstd"
     assert json.loads((prepared / "medseg.json").read_text())["compression"] is None
-    size = {folder: sum(p.stat().st_size for p in folder.rglob("*.bin")) for folder in (prepared, tmp_path / "zstd")}
-    assert size[tmp_path / "zstd"] < 0.8 * size[prepared]
+    size = {folder: sum(p.stat().st_size for p in folder.rglob("*.bin")) for folder in (prepared, zstd_prepared)}
+    assert size[zstd_prepared] < 0.8 * size[prepared]
     batches = []
-    for folder in (prepared, tmp_path / "zstd"):
+    for folder in (prepared, zstd_prepared):
         datamodule = StreamDataModule(str(folder), batch_size=4)
         datamodule.setup("validate")
         batches.append(next(iter(datamodule.val_dataloader())))
