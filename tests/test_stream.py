@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import multiprocessing
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -59,6 +60,20 @@ def test_prepare_writes_splits_and_reruns_as_noop(prepared, demo_root):
     assert chunks == {p: p.stat().st_mtime_ns for p in prepared.rglob("*.bin")}
     text = " ".join(p.read_text(errors="ignore") for p in prepared.rglob("*") if p.is_file())
     assert "DEMO-" not in text  # patients only as keyed pseudonyms
+
+
+def test_prepare_leaves_the_start_method_of_a_threaded_process_alone(demo_root, tmp_path):
+    """litdata's workers are forked from a clean fork server, not from this process with its threads running; litdata
+    sets the start method of the process that runs it, which is not this one."""
+    before = multiprocessing.get_start_method(allow_none=True)
+    multiprocessing.set_start_method("spawn", force=True)
+    try:
+        torch.ones(256, 256) @ torch.ones(256, 256)  # torch's intra-op threads are up
+        meta = prepare(demo_root, tmp_path / "prepared", image_size=32)
+        assert multiprocessing.get_start_method() == "spawn"
+    finally:
+        multiprocessing.set_start_method(before, force=True)
+    assert {name: split["items"] for name, split in meta["splits"].items()} == {"train": 64, "val": 16, "test": 16}
 
 
 def test_stream_trains_with_fast_dev_run(make_cfg, prepared, tmp_path):

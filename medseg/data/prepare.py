@@ -16,12 +16,15 @@ import argparse
 import json
 import logging
 import math
+import multiprocessing
 import os
 import shutil
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache, partial
+from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import Any
 
@@ -125,14 +128,12 @@ def _chunks(folder: Path) -> list[dict]:
     ]
 
 
-def _optimize(
-    items: list[Item], folder: Path, dm: SegmentationDataModule, dtype: str, workers: int, chunk_bytes: str, compression
-) -> None:
+def _write_chunks(items: list[Item], folder: Path, encode, workers: int, chunk_bytes: str, compression) -> None:
+    """litdata's optimize over ITEMS into FOLDER, with forked workers where the platform can fork."""
     from litdata import optimize
 
-    folder.mkdir(parents=True)
     optimize(
-        fn=partial(encode_item, decode=dm._prepare, dtype=dtype, num_classes=dm.num_classes),
+        fn=encode,
         inputs=items,
         output_dir=str(folder),
         num_workers=max(1, min(workers, len(items))),
@@ -141,8 +142,28 @@ def _optimize(
         reorder_files=False,
         keep_data_ordered=True,  # chunk order = item order: data_fraction subsets are prefixes
         verbose=False,
-        start_method="fork" if os.name == "posix" else None,
+        start_method="fork" if "fork" in multiprocessing.get_all_start_methods() else None,
     )
+
+
+def _clean_process_context() -> BaseContext:
+    """A context whose processes hold no threads of this one: a fork server with this module preloaded.
+
+    Forking a process whose threads hold locks (torch's OpenMP pool, loggers, trackers) can leave the child
+    waiting forever; litdata's workers are forked from such a clean process instead."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    multiprocessing.set_forkserver_preload([__name__])  # takes effect when the server starts
+    return multiprocessing.get_context("forkserver")
+
+
+def _optimize(
+    items: list[Item], folder: Path, dm: SegmentationDataModule, dtype: str, workers: int, chunk_bytes: str, compression
+) -> None:
+    folder.mkdir(parents=True)
+    encode = partial(encode_item, decode=dm._prepare, dtype=dtype, num_classes=dm.num_classes)
+    with ProcessPoolExecutor(1, mp_context=_clean_process_context()) as pool:
+        pool.submit(_write_chunks, items, folder, encode, workers, chunk_bytes, compression).result()
 
 
 def prepare(
