@@ -42,7 +42,6 @@ from medseg.utils.registry import register
 
 sys.path.insert(0, str(Path(__file__).parent))
 CONTEXT = {"2d": 0, "k1": 1, "k2": 2, "smp": 0}
-METRICS = ("dice", "hd95", "nsd")
 
 
 def prepared_folder(source: Path, context: int, out: Path) -> Path:
@@ -116,17 +115,36 @@ def run(dataset: str, model: str, replicate: int, epochs: int | None, out: Path,
     return row | {"split": split, "date": time.strftime("%Y-%m-%d"), "commit": commit, "scores": scores}
 
 
+def mean_std(values: list[float], digits: int = 3) -> str:
+    """'mean +- std' of VALUES (std nan for one value)."""
+    spread = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return f"{statistics.mean(values):.{digits}f} +- {spread:.{digits}f}"
+
+
 def table(rows: list[dict], classes: list[str], metric: str, split: str) -> str:
     """Markdown: per model, the mean +- std across replicates of METRIC on SPLIT per class and its class mean."""
-    lines = [f"| model | {' | '.join(classes)} | mean | n |", "|---" * (len(classes) + 3) + "|"]
+    lines = [f"| model | {' | '.join(classes)} | mean | replicates |", "|---" * (len(classes) + 3) + "|"]
     for model in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == model]
-        cells = []
-        for cls in [*classes, "mean"]:
-            values = [r["scores"][f"{split}/volume_{metric}_{cls}"] for r in mine]
-            spread = statistics.stdev(values) if len(values) > 1 else float("nan")
-            cells.append(f"{statistics.mean(values):.3f} +- {spread:.3f}")
-        lines.append(f"| {model} | {' | '.join(cells)} | {len(mine)} |")
+        cells = [mean_std([r["scores"][f"{split}/volume_{metric}_{cls}"] for r in mine]) for cls in [*classes, "mean"]]
+        replicates = ", ".join(str(r["replicate"]) for r in mine)
+        lines.append(f"| {model} | {' | '.join(cells)} | {replicates} |")
+    return "\n".join(lines)
+
+
+def summary(rows: list[dict], splits: tuple[str, ...]) -> str:
+    """Markdown: per model, the class means of HD95 and NSD on each split and the training minutes per replicate."""
+    columns = [(metric, split) for metric in ("hd95", "nsd") for split in splits]
+    header = " | ".join(f"{metric.upper()} {split}" for metric, split in columns)
+    lines = [f"| model | {header} | training (min) |", "|---" * (len(columns) + 2) + "|"]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        cells = [
+            mean_std([r["scores"][f"{split}/volume_{metric}_mean"] for r in mine], 1 if metric == "hd95" else 3)
+            for metric, split in columns
+        ]
+        minutes = ", ".join(str(round(r["train_s"] / 60)) for r in mine)
+        lines.append(f"| {model} | {' | '.join(cells)} | {minutes} |")
     return "\n".join(lines)
 
 
@@ -161,12 +179,16 @@ def main() -> None:
     keys = rows[0]["scores"] if rows else {}
     classes = list(dict.fromkeys(k.split("volume_dice_")[1] for k in keys if "volume_dice_" in k))
     classes.remove("mean")
-    chosen = [r for r in rows if r["replicate"] in replicates]
-    for split in ("val",) if args.dataset == "chaos_mr" else ("val", "test"):
-        for metric in METRICS:
-            title = f"{args.dataset} {split}, {epochs} epochs: per-volume {metric}, mean +- std across replicates"
-            print(f"\n{title}\n")
-            print(table(chosen, classes, metric, split))
+    order = list(CONTEXT)
+    chosen = sorted(
+        (r for r in rows if r["replicate"] in replicates), key=lambda r: (order.index(r["model"]), r["replicate"])
+    )
+    splits = ("val",) if args.dataset == "chaos_mr" else ("val", "test")
+    for split in splits:
+        print(f"\n{args.dataset} {split}, {epochs} epochs: per-volume Dice, mean +- std across replicates\n")
+        print(table(chosen, classes, "dice", split))
+    print(f"\n{args.dataset}, {epochs} epochs: HD95 (mm) and NSD, mean over the classes; training minutes\n")
+    print(summary(chosen, splits))
 
 
 if __name__ == "__main__":
