@@ -6,12 +6,17 @@ import hashlib
 import json
 import logging
 import os
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from medseg.data.index import Sample
 from medseg.utils.io import atomic_path
+
+# Raise whenever a change to decoding, labels, resampling or sizing changes what a sample decodes to: cached arrays
+# of an older version are then never served.
+DECODE_VERSION = 2
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +30,14 @@ class DecodeCache:
         self.directory = Path(os.path.expanduser(str(directory))) if directory else None
         self._memory: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._digests: dict[tuple, str] = {}
+
+    @classmethod
+    def for_decoder(cls, decode: partial, directory: str | os.PathLike | None = None) -> DecodeCache:
+        """A cache for DECODE (a partial of a decode function): its key carries the function, the decode version
+        and every argument bound to it (an Intensity by the statistics it holds)."""
+        params = {k: v.fingerprint() if hasattr(v, "fingerprint") else v for k, v in decode.keywords.items()}
+        function = f"{decode.func.__module__}.{decode.func.__qualname__}"
+        return cls({**params, "decode": function, "decode_version": DECODE_VERSION}, directory)
 
     def _digest(self, path: Path) -> str:
         """SHA-1 of a file's bytes, remembered while its size and mtime stay the same."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -79,7 +78,7 @@ class SegmentationDataModule(SplitLoaders, L.LightningDataModule):
         image_size: int | Sequence[int] = 128,
         size_policy: str = "stretch",
         window: str | Sequence[float] | None = None,
-        normalize: str = "window",
+        normalize: str = "auto",
         mask_mapping: Mapping[int, int] | None = None,
         mask_threshold: int | None = None,
         ignore_index: int = 255,
@@ -139,7 +138,7 @@ class SegmentationDataModule(SplitLoaders, L.LightningDataModule):
             raise RuntimeError("a patient landed in two splits; the split is by the same key it checks")
         self.root = root
         self.intensity = sample_intensity(
-            samples, hp.normalize, window=hp.window, train=self.splits["train"], labels=self._foreground
+            samples, hp.normalize, window=hp.window, train=self.labelled_samples(), labels=self._foreground
         )
         self._prepare = partial(
             decode_sample,
@@ -154,13 +153,7 @@ class SegmentationDataModule(SplitLoaders, L.LightningDataModule):
             spacing=None if hp.spacing is None else [float(v) for v in hp.spacing],
             intensity=self.intensity,
         )
-        params = {k: hp[k] for k in ("in_channels", "window", "size_policy", "mask_mapping", "mask_threshold")}
-        if hp.spacing is not None:  # cache keys of runs without spacing stay as they were
-            params["spacing"] = [float(v) for v in hp.spacing]
-        if hp.normalize != "window":  # every statistic the decoding uses
-            digest = hashlib.sha1(repr((self.intensity.ct, sorted(self.intensity.series.items()))).encode())
-            params["normalize"] = f"{hp.normalize}:{digest.hexdigest()}"
-        self._cache = DecodeCache({**params, "size": self.image_size, "classes": self.num_classes}, hp.decode_cache)
+        self._cache = DecodeCache.for_decoder(self._prepare, hp.decode_cache)
         if hp.preload:
             self.preload()
         log.info(
@@ -248,11 +241,16 @@ class SegmentationDataModule(SplitLoaders, L.LightningDataModule):
         name = self.root.name if self.hparams.root else "demo"
         return {"name": name, "digest": source_fingerprint(samples)[:16], "source": str(self.root)}
 
-    def train_samples(self) -> list[Sample]:
-        """Training samples of the current data_fraction (a nested, stable subset of patients)."""
-        fraction = self.data_fraction * self.hparams.labelled_fraction  # subsets are prefixes of one order
-        keep = set(subset_patients(self.patients["train"], fraction, self.hparams.seed))
+    def train_samples(self, fraction: float | None = None) -> list[Sample]:
+        """Training samples of the current data_fraction, or of FRACTION of the labelled patients (a nested,
+        stable subset of patients)."""
+        share = self.data_fraction if fraction is None else fraction
+        keep = set(subset_patients(self.patients["train"], share * self.hparams.labelled_fraction, self.hparams.seed))
         return [s for s in self.splits["train"] if s.patient in keep]
+
+    def labelled_samples(self) -> list[Sample]:
+        """The training samples whose labels may be read at all (data.labelled_fraction of the patients)."""
+        return self.train_samples(1.0)
 
     def dataset(self, split: str, augment: bool = False) -> SliceDataset:
         """A dataset over one split sharing the decode cache; augmentation at the current strength."""
@@ -277,6 +275,6 @@ class SegmentationDataModule(SplitLoaders, L.LightningDataModule):
         )
 
     def class_pixel_counts(self) -> np.ndarray:
-        """Pixel count per class over all training masks (after resizing), ignoring ignore_index."""
-        ds = SliceDataset(self.splits["train"], self._prepare, self._cache)
+        """Pixel count per class over the labelled training masks (after resizing), ignoring ignore_index."""
+        ds = SliceDataset(self.labelled_samples(), self._prepare, self._cache)
         return count_pixels((ds.load(i)[1] for i in range(len(ds))), self.num_classes, self.hparams.ignore_index)

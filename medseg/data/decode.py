@@ -3,10 +3,9 @@ to class indices."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
-import cv2
 import numpy as np
 from PIL import Image
 
@@ -129,37 +128,3 @@ def load_mask(
             "(set data.mask_mapping or data.mask_threshold)"
         )
     return mask.astype(np.uint8)
-
-
-def fit_to_size(image: np.ndarray, mask: np.ndarray, size: Sequence[int], policy: str = "stretch"):
-    """Resize (stretch), letterbox-pad, or centre pad-or-crop (crop: the pixel scale kept, as after
-    data.spacing) an image [H, W, C] and mask [H, W] to size (H, W)."""
-    h, w = size
-    if policy == "crop":
-        image, mask = (centre_fit(a, (h, w)) for a in (image, mask))
-    elif policy == "stretch":
-        image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
-        mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
-    elif policy == "letterbox":
-        scale = min(h / image.shape[0], w / image.shape[1])
-        nh, nw = round(image.shape[0] * scale), round(image.shape[1] * scale)
-        image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
-        mask = cv2.resize(mask, (nw, nh), interpolation=cv2.INTER_NEAREST)
-        top, left = (h - nh) // 2, (w - nw) // 2
-        image = cv2.copyMakeBorder(image, top, h - nh - top, left, w - nw - left, cv2.BORDER_CONSTANT, value=0)
-        mask = cv2.copyMakeBorder(mask, top, h - nh - top, left, w - nw - left, cv2.BORDER_CONSTANT, value=0)
-    else:
-        raise ValueError(f"unknown size_policy {policy!r}; choose 'stretch', 'letterbox' or 'crop'")
-    if image.ndim == 2:
-        image = image[..., None]
-    return image, mask
-
-
-def centre_fit(array: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    """ARRAY ([H, W] or [H, W, C]) centre-cropped or zero-padded to SIZE (H, W)."""
-    out = np.zeros((*size, *array.shape[2:]), array.dtype)
-    (h, w), (th, tw) = array.shape[:2], size
-    sy, sx, dy, dx = max(0, (h - th) // 2), max(0, (w - tw) // 2), max(0, (th - h) // 2), max(0, (tw - w) // 2)
-    ch, cw = min(h, th), min(w, tw)
-    out[dy : dy + ch, dx : dx + cw] = array[sy : sy + ch, sx : sx + cw]
-    return out

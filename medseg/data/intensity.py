@@ -13,6 +13,7 @@ so augmentation, uint8 storage and the exported model's input contract stay as f
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -114,6 +115,10 @@ class Intensity:
         if stats is None:
             raise ValueError(f"no {scheme} intensity statistics for series {series!r}")
         return stats
+
+    def fingerprint(self) -> str:
+        """A digest of the scheme and every statistic it applies (a decode cache key part)."""
+        return hashlib.sha1(repr((self.normalize, self.ct, sorted(self.series.items()))).encode()).hexdigest()
 
     def stored(self) -> dict:
         """What the model keeps: the scheme and the dataset (CT) statistics; series statistics are per input."""

@@ -62,6 +62,8 @@ SETTINGS = (
     "patient_regex",
     "split",
     "seed",
+    "num_folds",
+    "fold",
 )
 
 

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.data.decode import fit_to_size, load_image_meta, load_mask, load_raw, series_key
+from medseg.data.decode import load_image_meta, load_mask, load_raw, series_key
 from medseg.data.index import Sample, index_dicom, index_folder
 from medseg.data.intensity import MAX_SLICES, Intensity, foreground_statistics, series_statistics
 from medseg.data.nifti import index_nnunet
+from medseg.data.sizing import fit_to_size
 from medseg.data.spacing import to_spacing
 
 LAYOUTS = ("dicom", "folder", "nnunet")

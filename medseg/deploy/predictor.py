@@ -7,11 +7,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from medseg.data.context import stack_images, stack_indices
 from medseg.data.intensity import Intensity
+from medseg.data.sizing import fit_image, placement, restore
 from medseg.data.spacing import resample_labels, to_spacing
 from medseg.deploy.info import METADATA_KEY, ModelInfo
 from medseg.deploy.views import resolve_tta
@@ -74,17 +74,16 @@ class Predictor:
     ) -> np.ndarray:
         """Class-index mask [H, W] for one image [H, W, C] in [0, 1], at the image's own resolution. A model
         trained at a pixel spacing gets the image resampled to it (SPACING: the image's [row_mm, col_mm]) and
-        its mask mapped back; one trained with size_policy crop is applied by sliding window."""
+        its mask mapped back; RESIZE fits it to the training size by the model's size policy (stretch or letterbox) and
+        maps the logits back exactly; one trained with size_policy crop is applied by sliding window."""
         source = image.shape[:2]
         image, _ = to_spacing(image, None, spacing, self.info.spacing, "the input image")
         if self.info.size_policy == "crop":
             policy = "sliding"
-        h, w = image.shape[:2]
-        if policy == "resize":
-            th, tw = self.info.image_size
-            resized = cv2.resize(image, (tw, th), interpolation=cv2.INTER_AREA).reshape(th, tw, -1)
-            logits = self.logits(resized.transpose(2, 0, 1)[None])[0]
-            logits = np.stack([cv2.resize(c, (w, h), interpolation=cv2.INTER_LINEAR) for c in logits])
+        if policy == "resize":  # the training size policy (stretch or letterbox), inverted exactly
+            where = placement(image.shape, self.info.image_size, self.info.size_policy)
+            fitted = fit_image(image, self.info.image_size, self.info.size_policy)
+            logits = restore(self.logits(fitted.reshape(*fitted.shape[:2], -1).transpose(2, 0, 1)[None])[0], where)
         elif policy == "sliding":
             logits = self._sliding(image, overlap)
         else:

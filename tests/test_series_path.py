@@ -1,0 +1,130 @@
+"""One series path: the same sizing, statistics, folds and cache rules at training and inference."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medseg.data import cache as cache_module
+from medseg.data.datamodule import SegmentationDataModule
+from medseg.data.decode import load_image_meta, load_raw
+from medseg.data.loaders import count_pixels
+from medseg.data.sizing import fit_to_size, fit_image, placement, restore
+from medseg.deploy.predictor import Predictor
+
+from .test_nifti import LABELS
+
+
+def test_a_letterbox_model_is_fed_at_inference_the_input_it_trained_on(node_model):
+    predictor = Predictor(node_model)
+    predictor.info = replace(predictor.info, size_policy="letterbox")
+    seen: list[np.ndarray] = []
+    run = predictor._run
+    predictor._run = lambda batch: (seen.append(batch.copy()), run(batch))[1]
+    image = np.zeros((100, 200, 1), np.float32)
+    image[40:60, 90:110] = 1.0  # a square
+    mask = predictor.segment(image)
+    trained, _ = fit_to_size(image, np.zeros((100, 200), np.uint8), predictor.info.image_size, "letterbox")
+    np.testing.assert_array_equal(seen[0][0].transpose(1, 2, 0), trained)
+    assert mask.shape == (100, 200)
+
+
+@pytest.mark.parametrize("policy", ["stretch", "letterbox", "crop"])
+@pytest.mark.parametrize("shape", [(100, 200), (37, 23), (64, 64)])
+def test_outputs_map_back_onto_the_slice_exactly(policy, shape):
+    labels = np.zeros(shape, np.uint8)
+    labels[shape[0] // 4 : shape[0] // 2, shape[1] // 3 : shape[1] // 2] = 1
+    size = (64, 64) if policy != "crop" else (48, 80)
+    fitted = fit_image(labels, size, policy, nearest=True)
+    back = restore(np.stack([fitted == 0, fitted == 1]).astype(np.float32), placement(shape, size, policy))
+    assert back.shape[1:] == shape
+    assert float((back.argmax(0) == labels).mean()) > 0.97
+    if policy == "crop":  # the pixel scale is kept: everything inside the window comes back unchanged
+        top, left, rows, cols = placement(shape, size, policy).box
+        y, x = slice(max(0, -top), max(0, -top) + min(rows, size[0])), slice(max(0, -left), max(0, -left) + cols)
+        np.testing.assert_array_equal(back.argmax(0)[y, x][: size[0], : size[1]], labels[y, x][: size[0], : size[1]])
+
+
+def test_prepare_writes_the_fold_asked_for(demo_root, tmp_path):
+    from medseg.data.prepare import prepare
+
+    out = tmp_path / "prepared"
+    first = prepare(demo_root, out, image_size=32, num_folds=3, fold=0)
+    second = prepare(demo_root, out, image_size=32, num_folds=3, fold=1)
+    assert second["settings"]["fold"] == 1
+    names = [{v["name"] for v in meta["splits"]["val"]["volumes"]} for meta in (first, second)]
+    assert names[0] and names[0].isdisjoint(names[1])
+
+
+class Recording(SegmentationDataModule):
+    """A data module that records whose labels its statistics read."""
+
+    read: list[str] = []
+
+    def _foreground(self, sample, values, meta):
+        self.read.append(sample.patient)
+        return super()._foreground(sample, values, meta)
+
+
+def test_statistics_read_the_labelled_patients_only(demo_root):
+    dm = Recording(image_size=32, normalize="ct", labelled_fraction=0.5, cache_dir=str(demo_root.parent))
+    dm.setup()
+    labelled = {s.patient for s in dm.labelled_samples()}
+    assert labelled < {s.patient for s in dm.splits["train"]}
+    assert dm.read and set(dm.read) <= labelled
+    counts = count_pixels((dm._prepare(s)[1] for s in dm.labelled_samples()), dm.num_classes, 255)
+    np.testing.assert_array_equal(dm.class_pixel_counts(), counts)
+
+
+def _cache_key(demo_root, tmp_path, **settings) -> str:
+    dm = SegmentationDataModule(image_size=32, decode_cache=str(tmp_path), preload=False, **settings)
+    dm.hparams.cache_dir = str(demo_root.parent)
+    dm.setup()
+    return dm._cache.key(dm.splits["train"][0])
+
+
+def test_the_decode_cache_key_changes_with_every_decode_argument_and_the_decode_version(
+    demo_root, tmp_path, monkeypatch
+):
+    base = _cache_key(demo_root, tmp_path)
+    assert _cache_key(demo_root, tmp_path) == base
+    assert _cache_key(demo_root, tmp_path, ignore_index=254) != base
+    assert _cache_key(demo_root, tmp_path, normalize="window") != base
+    monkeypatch.setattr(cache_module, "DECODE_VERSION", cache_module.DECODE_VERSION + 1)
+    assert _cache_key(demo_root, tmp_path) != base
+
+
+def _ct_volume(root: Path) -> Path:
+    """An nnU-Net CT case whose slices 1 and 3 hold the same 1000 HU organ beside different other values."""
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    image = np.full((16, 12, 5), -1000, np.int16)
+    image[2:6, 2:6, :] = 1000
+    image[8:12, 2:6, 3] = 3000  # bone on slice 3 only
+    label = np.zeros(image.shape, np.uint8)
+    label[2:6, 2:6, :] = 1
+    affine = np.diag([-0.8, -0.8, 2.5, 1.0])
+    for case in ("A", "B", "C", "D"):
+        nib.save(nib.Nifti1Image(image, affine), root / "imagesTr" / f"{case}_0000.nii.gz")
+        nib.save(nib.Nifti1Image(label, affine), root / "labelsTr" / f"{case}.nii.gz")
+    meta = {"channel_names": {"0": "CT"}, "labels": LABELS, "numTraining": 4, "file_ending": ".nii.gz"}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+def test_one_hu_value_is_one_input_on_every_slice_of_a_volume_by_default(make_cfg, tmp_path):
+    assert make_cfg().data.normalize == "auto"
+    assert make_cfg(["data=nnunet", "data.root=x", "data.class_names=[a,b]"]).data.normalize == "auto"
+    root = _ct_volume(tmp_path / "ct")
+    dm = SegmentationDataModule(str(root), "nnunet", list(LABELS), image_size=16, preload=False, split=(0.5, 0.25, 0.25))
+    dm.setup()
+    case = sorted((s for s in dm.splits["train"] if s.patient == dm.splits["train"][0].patient), key=lambda s: s.frame)
+    first, third = (load_image_meta(case[k], 1, None, dm.intensity)[0][..., 0] for k in (1, 3))
+    organ = load_raw(case[1], 1)[0] == 1000
+    assert organ.sum() == 16 and (load_raw(case[3], 1)[0] == 1000).sum() == 16
+    assert np.ptp(first[organ]) == 0 and first[organ][0] == third[organ][0]
