@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,9 +14,11 @@ import pytest
 from medseg.data import cache as cache_module
 from medseg.data.datamodule import SegmentationDataModule
 from medseg.data.decode import load_image_meta, load_raw
+from medseg.data.index import index_dicom
 from medseg.data.loaders import count_pixels
 from medseg.data.sizing import fit_to_size, fit_image, placement, restore
 from medseg.deploy.predictor import Predictor
+from medseg.deploy.seg import write_nifti, write_seg
 
 from .test_nifti import LABELS
 
@@ -128,3 +131,49 @@ def test_one_hu_value_is_one_input_on_every_slice_of_a_volume_by_default(make_cf
     organ = load_raw(case[1], 1)[0] == 1000
     assert organ.sum() == 16 and (load_raw(case[3], 1)[0] == 1000).sum() == 16
     assert np.ptp(first[organ]) == 0 and first[organ][0] == third[organ][0]
+
+
+def _two_patients(root: Path, demo_root: Path, nested: bool = True) -> dict[str, list[Path]]:
+    """Two demo patients' series at images/P00k/CT/ (NESTED) or images/P00k/, on one grid."""
+    series = {}
+    for k, case in enumerate(("case01", "case02"), 1):
+        folder = root / "images" / f"P00{k}" / ("CT" if nested else "")
+        folder.mkdir(parents=True)
+        for path in sorted((demo_root / "images" / case).glob("*.dcm")):
+            shutil.copy(path, folder / path.name)
+        series[f"P00{k}"] = sorted(folder.glob("*.dcm"))
+    return series
+
+
+def test_nifti_labels_pair_with_their_series_by_path_below_masks(demo_root, tmp_path):
+    root = tmp_path / "d"
+    series = _two_patients(root, demo_root)
+    for k, (patient, files) in enumerate(series.items(), 1):
+        masks = [np.full((256, 256), k, np.uint8) for _ in files]
+        label = write_nifti(files, masks, tmp_path)
+        (root / "masks" / patient).mkdir(parents=True)
+        label.rename(root / "masks" / patient / "CT.nii.gz")
+    samples = index_dicom(root)
+    assert {(s.image.parent.parent.name, s.mask.parent.name) for s in samples} == {("P001", "P001"), ("P002", "P002")}
+
+
+def test_a_nifti_label_two_series_could_claim_by_name_is_refused(demo_root, tmp_path):
+    root = tmp_path / "d"
+    series = _two_patients(root, demo_root, nested=False)
+    for site in ("a", "b"):
+        label = write_nifti(series["P001"], [np.zeros((256, 256), np.uint8) for _ in series["P001"]], tmp_path)
+        (root / "masks" / site).mkdir(parents=True)
+        label.rename(root / "masks" / site / "P001.nii.gz")
+    with pytest.raises(ValueError, match=r"its label could be .*a/P001.nii.gz and .*b/P001.nii.gz"):
+        index_dicom(root)
+
+
+def test_an_instance_two_segs_reference_is_refused(demo_root, tmp_path):
+    root = tmp_path / "d"
+    files = _two_patients(root, demo_root)["P001"]
+    masks = [np.ones((256, 256), np.uint8) for _ in files]
+    for name in ("first", "second"):
+        (root / "masks" / name).mkdir(parents=True)
+        write_seg(files, masks, ["background", "organ"], root / "masks" / name)
+    with pytest.raises(ValueError, match="its label could be"):
+        index_dicom(root)

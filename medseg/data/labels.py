@@ -129,25 +129,41 @@ def masks_by_stem(mask_dir: Path) -> dict[str, Path]:
     return masks
 
 
-def _unique_stems(mask_dir: Path) -> dict[str, Path]:
-    """PNG labels by stem, leaving out stems several labels share (those pair by path only)."""
-    by_stem: dict[str, list[Path]] = {}
-    for path in sorted(mask_dir.rglob("*.png")):
-        by_stem.setdefault(path.stem, []).append(path)
-    return {stem: paths[0] for stem, paths in by_stem.items() if len(paths) == 1}
+def _by_name(paths: list[Path], name) -> tuple[dict[str, Path], dict[str, list[Path]]]:
+    """PATHS keyed by NAME(path): (the names only one path has, the names several share)."""
+    groups: dict[str, list[Path]] = {}
+    for path in paths:
+        groups.setdefault(name(path), []).append(path)
+    return {k: v[0] for k, v in groups.items() if len(v) == 1}, {k: v for k, v in groups.items() if len(v) > 1}
+
+
+def _nifti_stem(path: Path) -> str:
+    return path.name.split(".nii")[0]
 
 
 def label_lookups(mask_dir: Path) -> dict[str, dict]:
-    """Index a masks folder: PNG by stem, NIfTI by series folder name, DICOM SEG by referenced instance."""
+    """Index a masks folder: PNG and NIfTI labels by path below masks/ and by name (where the name is unique),
+    DICOM SEG by referenced instance (an instance two SEGs reference is ambiguous)."""
     if not mask_dir.is_dir():
-        return {"png": {}, "png_relative": {}, "nifti": {}, "seg": {}}
+        return {"png": {}, "png_relative": {}, "nifti": {}, "nifti_relative": {}, "seg": {}, "ambiguous": {}}
+    pngs, niftis = sorted(mask_dir.rglob("*.png")), sorted(mask_dir.rglob("*.nii*"))
+    png, _ = _by_name(pngs, lambda p: p.stem)  # shared PNG stems pair by path only
+    nifti, shared_nifti = _by_name(niftis, _nifti_stem)
+    seg_files = sorted(mask_dir.rglob("*.dcm"))
+    references = [(uid, p) for p in seg_files for uid in seg_references(p) if uid]
+    seg: dict[str, Path] = {}
+    shared_seg: dict[str, list[Path]] = {}
+    for uid, path in references:
+        if uid in seg and seg[uid] != path:
+            shared_seg[uid] = [seg[uid], path]
+        seg.setdefault(uid, path)
     return {
-        "png": _unique_stems(mask_dir),
-        "png_relative": {
-            p.relative_to(mask_dir).with_suffix("").as_posix(): p for p in sorted(mask_dir.rglob("*.png"))
-        },
-        "nifti": {p.name.split(".nii")[0]: p for p in sorted(mask_dir.rglob("*.nii*"))},
-        "seg": {uid: p for p in sorted(mask_dir.rglob("*.dcm")) for uid in seg_references(p) if uid},
+        "png": png,
+        "png_relative": {p.relative_to(mask_dir).with_suffix("").as_posix(): p for p in pngs},
+        "nifti": nifti,
+        "nifti_relative": {p.relative_to(mask_dir).as_posix().split(".nii")[0]: p for p in niftis},
+        "seg": seg,
+        "ambiguous": {f"nifti:{k}": v for k, v in shared_nifti.items()} | {f"seg:{k}": v for k, v in shared_seg.items()},
     }
 
 
@@ -161,14 +177,29 @@ def find_label(
     lookups: dict[str, dict], image: Path, frame: int, frames: int, sop_uid: str, relative: str = ""
 ) -> Path | None:
     """The label file of one frame: masks/<relative path>.png, else <stem>.png anywhere (<stem>_fNNNN.png for the
-    frames of a multi-frame file), then a NIfTI volume named after the series folder, then a SEG.
+    frames of a multi-frame file), then the NIfTI volume of its series folder (masks/<folder below images/>.nii.gz,
+    else a uniquely named masks/**/<folder name>.nii.gz), then a SEG that references the instance. A label that
+    two files could be is refused, naming both.
 
     RELATIVE is the image's path below images/ without its suffix.
     """
     suffix = "" if frames == 1 else f"_f{frame:04d}"
-    return (
-        lookups["png_relative"].get(f"{relative}{suffix}")
-        or lookups["png"].get(f"{image.stem}{suffix}")
-        or lookups["nifti"].get(image.parent.name)
-        or lookups["seg"].get(sop_uid)
-    )
+    folder = relative.rpartition("/")[0]
+    png = lookups["png_relative"].get(f"{relative}{suffix}") or lookups["png"].get(f"{image.stem}{suffix}")
+    nifti = lookups["nifti_relative"].get(folder) if folder else None
+    if png is None and nifti is None:
+        _refuse_ambiguous(lookups, f"nifti:{image.parent.name}", image)
+        nifti = lookups["nifti"].get(image.parent.name)
+    if png is None and nifti is None and sop_uid:
+        _refuse_ambiguous(lookups, f"seg:{sop_uid}", image)
+    return png or nifti or lookups["seg"].get(sop_uid)
+
+
+def _refuse_ambiguous(lookups: dict[str, dict], key: str, image: Path) -> None:
+    candidates = lookups["ambiguous"].get(key)
+    if candidates:
+        names = " and ".join(str(p) for p in candidates)
+        raise ValueError(
+            f"{image}: its label could be {names}; put it at masks/<the series folder's path below images/>.nii.gz "
+            "or keep one SEG per instance"
+        )
