@@ -52,8 +52,8 @@ def timed_predictor(model: Path, threads: int) -> tuple[Predictor, list[float]]:
 def segment_source(predictor: Predictor, source: Path, out: Path) -> int:
     """Segment one DICOM series folder or NIfTI volume and write its outputs; returns the slices."""
     if source.is_dir():
-        [items] = group_series(sorted(source.glob("*.dcm"))).values()
-        sources, _, masks = segment_dicom_series(predictor, items, [])
+        [series] = group_series(sorted(source.glob("*.dcm")))
+        sources, _, masks = segment_dicom_series(predictor, series, [])
         write_seg(sources, masks, predictor.info.class_names, out)
         write_nifti(sources, masks, out)
         return len(masks)

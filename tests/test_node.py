@@ -110,3 +110,40 @@ def test_a_series_that_cannot_be_sent_fails_with_its_reason_is_retried_and_its_s
     node.settings.retention_hours = 0
     time.sleep(0.01)
     assert node.clean() == 1 and not node.series_folder(series).exists()
+
+
+def test_an_instance_arriving_after_processing_began_reopens_the_series_as_its_next_version(tmp_path):
+    jobs = JobTable(tmp_path / "jobs.sqlite")
+    jobs.instance_received("s1", "m")
+    jobs.instance_received("s1", "m")
+    assert jobs.get("s1", "m")["version"] == 0  # still arriving: one version
+    assert jobs.set_state("s1", "m", "selected", "rule abdomen", version=0)
+    jobs.instance_received("s1", "m")  # three more arrive while the first two are segmented
+    jobs.instance_received("s1", "m")
+    row = jobs.get("s1", "m")
+    assert (row["state"], row["version"], row["instances"]) == ("received", 1, 4)
+    assert not jobs.set_state("s1", "m", "sent", version=0)  # the older version records nothing more
+    assert [r["series"] for r in jobs.ready("m", 0)] == ["s1"]
+    assert jobs.set_state("s1", "m", "sent", version=1)
+    jobs.instance_received("s1", "m")  # one more after the SEG went out: reopened again
+    assert (jobs.get("s1", "m")["state"], jobs.get("s1", "m")["version"]) == ("received", 2)
+
+
+def test_files_still_being_written_into_the_spool_are_never_read(node_model, demo_root, tmp_path):
+    from medseg.node.service import Node
+    from medseg.node.settings import read_settings
+
+    config, _ = node_config(tmp_path, node_model, to_orthanc(free_port()))  # nothing listens there
+    node = Node(read_settings(config))
+    files = series_files(demo_root, 5)
+    for path in files:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        series = node.store(path.read_bytes(), ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    node.store(files[0].read_bytes(), ds.SeriesInstanceUID, pydicom.dcmread(files[0]).SOPInstanceUID)  # again
+    assert node.jobs.get(series, node.model.sha256)["instances"] == len(files)  # the same instance counts once
+    instances = node.series_folder(series) / "instances"
+    shutil.copy(files[0], instances / ".partial.dcm.x1y2z3.dcm")  # as atomic_path names a file before its rename
+    assert node.process(series) == "failed"  # the send: nothing listens
+    seg = pydicom.dcmread(node.series_folder(series) / "seg.dcm")
+    referenced = [r.ReferencedSOPInstanceUID for r in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence]
+    assert sorted(referenced) == sorted(pydicom.dcmread(f).SOPInstanceUID for f in files)

@@ -223,3 +223,30 @@ def test_dimse_over_tls_both_ways(node_model, demo_root, tmp_path):
         orthanc.terminate()
         orthanc.wait(timeout=30)
     assert len(seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence) == len(files)
+
+
+@needs_servers
+@pytest.mark.slow
+def test_a_series_sent_in_two_bursts_ends_with_a_seg_covering_every_instance(orthanc, node_model, demo_root, tmp_path):
+    _, dicom_port, client = orthanc
+    config, port = node_config(tmp_path, node_model, to_orthanc(dicom_port), quiet_s=1)
+    files = series_files(demo_root, 7)
+    uid = pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID
+    node = start_node(config, port)
+    try:
+        assert storescu(files[:3], port).returncode == 0
+        wait_for(lambda: list(job_states(config).values()) in (["sent"], ["skipped"]))  # a pause over quiet_s
+        first = segs_of(client, uid)
+        assert storescu(files[3:], port).returncode == 0
+        wait_for(lambda: len(segs_of(client, uid)) == len(first) + 1)
+    finally:
+        node.terminate()
+        node.wait(timeout=30)
+    every = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files}
+    segs = segs_of(client, uid)
+    covered = [
+        {r.ReferencedSOPInstanceUID for r in s.ReferencedSeriesSequence[0].ReferencedInstanceSequence} for s in segs
+    ]
+    assert covered.count(every) == 1 and len(segs) == 1 + len(first)  # the whole series, plus the superseded one
+    assert len({s.SeriesInstanceUID for s in segs}) == len(segs)
+    assert list(job_states(config).values()) == ["sent"]

@@ -16,7 +16,7 @@ from medseg.data.datamodule import SegmentationDataModule
 from medseg.data.decode import load_image_meta, load_raw
 from medseg.data.index import index_dicom
 from medseg.data.loaders import count_pixels
-from medseg.data.sizing import fit_to_size, fit_image, placement, restore
+from medseg.data.sizing import fit_image, fit_to_size, placement, restore
 from medseg.deploy.predictor import Predictor
 from medseg.deploy.seg import write_nifti, write_seg
 
@@ -124,7 +124,9 @@ def test_one_hu_value_is_one_input_on_every_slice_of_a_volume_by_default(make_cf
     assert make_cfg().data.normalize == "auto"
     assert make_cfg(["data=nnunet", "data.root=x", "data.class_names=[a,b]"]).data.normalize == "auto"
     root = _ct_volume(tmp_path / "ct")
-    dm = SegmentationDataModule(str(root), "nnunet", list(LABELS), image_size=16, preload=False, split=(0.5, 0.25, 0.25))
+    dm = SegmentationDataModule(
+        str(root), "nnunet", list(LABELS), image_size=16, preload=False, split=(0.5, 0.25, 0.25)
+    )
     dm.setup()
     case = sorted((s for s in dm.splits["train"] if s.patient == dm.splits["train"][0].patient), key=lambda s: s.frame)
     first, third = (load_image_meta(case[k], 1, None, dm.intensity)[0][..., 0] for k in (1, 3))

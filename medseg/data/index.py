@@ -12,7 +12,7 @@ import pydicom
 
 from medseg.data.dicom import frame_geometry
 from medseg.data.labels import check_nifti_fits, find_label, label_key, label_lookups, masks_by_stem
-from medseg.data.series import SliceRef, assemble_series
+from medseg.data.series import Series, SliceRef, assemble_series
 from medseg.utils.privacy import register_source
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,13 @@ def in_series(samples: list[Sample], refs: list[SliceRef]) -> list[Sample]:
     in their order (file path); 2-D images keep series ''."""
     place: dict[tuple[Path, int], tuple[str, int]] = {}
     labels = {(s.image, s.frame): s.mask for s in samples}
-    for series in assemble_series(refs):
+
+    def refused(series: Series, error: ValueError) -> None:
+        if any((r.path, r.frame) in labels for r in series.slices):
+            raise error
+        log.warning("%s; skipped (none of its frames is labelled)", error)
+
+    for series in assemble_series(refs, refused):
         volume = len(series.slices) > 1 and series.spacing is not None
         for i, ref in enumerate(series.slices):
             place[ref.path, ref.frame] = (series.key if volume else "", i if volume else 0)

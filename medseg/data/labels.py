@@ -163,7 +163,8 @@ def label_lookups(mask_dir: Path) -> dict[str, dict]:
         "nifti": nifti,
         "nifti_relative": {p.relative_to(mask_dir).as_posix().split(".nii")[0]: p for p in niftis},
         "seg": seg,
-        "ambiguous": {f"nifti:{k}": v for k, v in shared_nifti.items()} | {f"seg:{k}": v for k, v in shared_seg.items()},
+        "ambiguous": {f"nifti:{k}": v for k, v in shared_nifti.items()}
+        | {f"seg:{k}": v for k, v in shared_seg.items()},
     }
 
 

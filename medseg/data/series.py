@@ -7,14 +7,15 @@ Rules, per series (a series is the slices of one SeriesInstanceUID with one orie
 - mixed orientation within one SeriesInstanceUID: split into one series per orientation, with a warning;
 - slice positions off the slice normal (gantry tilt): a warning; oblique but consistent series are normal;
 - one slice, or no geometry (radiographs): a 2-D image, no series checks.
-A refusal is one ValueError naming the series and a file of it.
+A refusal is one ValueError naming the series and a file of it. The same rules serve training (where a series
+none of whose frames is labelled is skipped with a warning instead) and inference (medseg-predict, the node).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,8 +61,11 @@ class Series:
         return (self.slice_spacing, float(first[0]), float(first[1]))
 
 
-def assemble_series(refs: Iterable[SliceRef]) -> list[Series]:
-    """Group slices by SeriesInstanceUID and orientation, sort each along its normal and check it by rule."""
+def assemble_series(
+    refs: Iterable[SliceRef], refused: Callable[[Series, ValueError], None] | None = None
+) -> list[Series]:
+    """Group slices by SeriesInstanceUID and orientation, sort each along its normal and check it by rule; a
+    series the rules refuse raises, or goes to REFUSED(series, error) and is left out where that is given."""
     by_uid: dict[str, list[SliceRef]] = defaultdict(list)
     for ref in refs:
         by_uid[ref.series_uid or f"file:{ref.path}"].append(ref)
@@ -71,7 +75,13 @@ def assemble_series(refs: Iterable[SliceRef]) -> list[Series]:
         if len(groups) > 1:
             log.warning("series %s (%s): %d orientations; split into one series each", uid, items[0].path, len(groups))
         for k, group in enumerate(groups):
-            out.append(_checked(Series(uid if len(groups) == 1 else f"{uid}#{k}", group)))
+            series = Series(uid if len(groups) == 1 else f"{uid}#{k}", group)
+            try:
+                out.append(_checked(series))
+            except ValueError as error:
+                if refused is None:
+                    raise
+                refused(series, error)
     return out
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +19,10 @@ import pydicom
 from PIL import Image
 
 from medseg.data.decode import load_dicom_frames, load_image, model_input
-from medseg.data.dicom import slice_position
-from medseg.data.index import IMAGE_SUFFIXES, Sample
+from medseg.data.index import IMAGE_SUFFIXES, Sample, slice_ref
 from medseg.data.intensity import normalise_series
 from medseg.data.nifti import label_volume, read_nifti_slice, slice_count
+from medseg.data.series import assemble_series
 from medseg.deploy.predictor import Predictor
 from medseg.deploy.seg import write_nifti, write_seg
 from medseg.utils.cli import add_inference_options, inference_options, progress, run_cli
@@ -53,17 +53,41 @@ def find_inputs(path: Path) -> list[Path]:
     return files
 
 
-def group_series(files: Sequence[Path], skipped: list | None = None) -> dict[str, list[tuple[Path, pydicom.Dataset]]]:
-    """DICOM files grouped by SeriesInstanceUID and ordered along the slice normal; unreadable ones go to SKIPPED."""
-    series: dict[str, list[tuple[Path, pydicom.Dataset]]] = defaultdict(list)
+@dataclass
+class InputSeries:
+    """One series to segment: its key (SeriesInstanceUID, #k per extra orientation), its files with their
+    headers in order along the normal, and its frames in that order."""
+
+    key: str
+    items: list[tuple[Path, pydicom.Dataset]]
+    frames: list[tuple[Path, int]]
+
+
+def group_series(files: Sequence[Path], skipped: list | None = None) -> list[InputSeries]:
+    """DICOM files as series by the training rules (medseg.data.series: UID and orientation, sorted along the
+    normal, multi-frame included; duplicates and gaps refused); unreadable files and refused series go to
+    SKIPPED."""
+    headers: dict[Path, pydicom.Dataset] = {}
+    refs = []
     for path in files:
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception as exc:  # not DICOM, truncated
             _skip(skipped, path, f"not a readable DICOM file ({type(exc).__name__})")
             continue
-        series[str(ds.get("SeriesInstanceUID", path.parent))].append((path, ds))
-    return {uid: sorted(items, key=lambda item: slice_position(item[1])) for uid, items in series.items()}
+        headers[path] = ds
+        refs += [slice_ref(ds, path, frame) for frame in range(int(ds.get("NumberOfFrames", 1) or 1))]
+
+    def refused(series, error: ValueError) -> None:
+        _skip(skipped, series.slices[0].path, str(error))
+
+    out = []
+    for series in assemble_series(refs, refused):
+        paths = list(dict.fromkeys(ref.path for ref in series.slices))
+        out.append(
+            InputSeries(series.key, [(p, headers[p]) for p in paths], [(r.path, r.frame) for r in series.slices])
+        )
+    return out
 
 
 def _skip(skipped: list | None, path: Path, reason: str) -> None:
@@ -121,8 +145,8 @@ def predict(
     written: list[Path] = []
     skipped: list[tuple[Path, str]] = []
     predicted = 0
-    for uid, items in group_series(dicoms, skipped).items():
-        predicted += predict_series(predictor, uid, items, out, policy, nifti, skipped, written)
+    for series in group_series(dicoms, skipped):
+        predicted += predict_series(predictor, series, out, policy, nifti, skipped, written)
     for path in volumes:
         predicted += predict_volume(predictor, path, out, policy, output_name(path, source, keep_names), written)
     for path in progress(images, len(images), "images"):
@@ -142,38 +166,37 @@ def predict(
 
 
 def segment_dicom_series(
-    predictor: Predictor,
-    items: Sequence[tuple[Path, pydicom.Dataset]],
-    skipped: list,
-    policy: str = "resize",
-    name: str = "series",
+    predictor: Predictor, series: InputSeries, skipped: list, policy: str = "resize", name: str = "series"
 ) -> tuple[list[Path], list[np.ndarray], list[np.ndarray]]:
-    """(source files, model inputs, masks) of one sorted series (ITEMS: its files and headers; each file decoded
-    once, normalised as the model was trained, fed with its context stack); unreadable files go to SKIPPED."""
-    info, paths = predictor.info, [path for path, _ in items]
-    scheme = predictor.intensity.scheme(str(items[0][1].get("Modality", "")), "dicom")
-    images: list[np.ndarray] = []
-    spacings: list = []
+    """(source files, model inputs, masks) of one series: each file decoded once, its frames normalised as the
+    model was trained and fed in order along the normal with their context stacks; inputs and masks come back in
+    the files' own order (file, then frame), as SEG and NIfTI writers take them. Unreadable files go to SKIPPED."""
+    info = predictor.info
+    scheme = predictor.intensity.scheme(str(series.items[0][1].get("Modality", "")), "dicom")
+    decoded: dict[tuple[Path, int], tuple[np.ndarray, object]] = {}
     sources: list[Path] = []
-    for path in progress(paths, len(paths), name):
+    for path, _ in progress(series.items, len(series.items), name):
         try:
             frames = load_dicom_frames(path, info.in_channels, info.window, raw=scheme != "window")
-            images += [image for image, _ in frames]
-            spacings += [meta.pixel_spacing for _, meta in frames]
         except ValueError as exc:  # no pixel data, undecodable
             _skip(skipped, path, str(exc).split(": ", 1)[-1])
             continue
+        decoded.update({(path, meta.frame): (image, meta) for image, meta in frames})
         sources.append(path)
     if not sources:
         return [], [], []
+    order = [key for key in series.frames if key in decoded]
+    images = [decoded[key][0] for key in order]
     images = normalise_series(images, scheme, predictor.intensity) if scheme != "window" else images
-    return sources, images, predictor.segment_series(images, policy, spacings)
+    masks = predictor.segment_series(images, policy, [decoded[key][1].pixel_spacing for key in order])
+    rank = {path: i for i, path in enumerate(sources)}
+    stored = sorted(range(len(order)), key=lambda i: (rank[order[i][0]], order[i][1]))
+    return sources, [images[i] for i in stored], [masks[i] for i in stored]
 
 
 def predict_series(
     predictor: Predictor,
-    uid: str,
-    items: Sequence[tuple[Path, pydicom.Dataset]],
+    series: InputSeries,
     out: Path,
     policy: str,
     nifti: bool,
@@ -182,8 +205,8 @@ def predict_series(
 ) -> int:
     """Segment every frame of one sorted series; masks, overlays, its SEG (and NIfTI) go to OUT and WRITTEN.
     Returns the number of slices predicted."""
-    name = pseudonym(uid)
-    sources, images, masks = segment_dicom_series(predictor, items, skipped, policy, f"series {name}")
+    name = pseudonym(series.key)
+    sources, images, masks = segment_dicom_series(predictor, series, skipped, policy, f"series {name}")
     for i, (image, mask) in enumerate(zip(images, masks, strict=True)):
         save_mask_and_overlay(image, mask, out, f"{name}_{i:04d}")
     if not sources:

@@ -24,12 +24,13 @@ class ModelIdentity:
     version: str = __version__
     sha256: str = ""
 
-    def seg_uids(self, source_series_uid: str) -> tuple[str, str]:
-        """(SeriesInstanceUID, SOPInstanceUID) of the SEG of a source series by this model: derived from both,
-        so a SEG sent again is the same instance; fresh ones without a hash."""
+    def seg_uids(self, source_series_uid: str, version: int = 0) -> tuple[str, str]:
+        """(SeriesInstanceUID, SOPInstanceUID) of the SEG of a source series (at VERSION: more instances arrived
+        after an earlier SEG) by this model: derived from all three, so a SEG sent again is the same instance and
+        a later version's is a new series; fresh ones without a hash."""
         if not self.sha256:
             return generate_uid(), generate_uid()
-        sources = [source_series_uid, self.sha256]
+        sources = [source_series_uid, self.sha256, *([f"version {version}"] if version else [])]
         return generate_uid(entropy_srcs=[*sources, "series"]), generate_uid(entropy_srcs=[*sources, "instance"])
 
 
@@ -39,8 +40,10 @@ def write_seg(
     class_names: Sequence[str],
     out: Path,
     model: ModelIdentity = ModelIdentity(),
+    version: int = 0,
 ) -> Path:
-    """A DICOM SEG (highdicom, binary segments, one per foreground class) over one series, naming MODEL."""
+    """A DICOM SEG (highdicom, binary segments, one per foreground class) over one series (at VERSION of it, as
+    the node counts them), naming MODEL."""
     import highdicom as hd
 
     datasets = [pydicom.dcmread(p) for p in sources]
@@ -63,7 +66,7 @@ def write_seg(
         )
         for i, name in enumerate(class_names[1:], start=1)
     ]
-    series_uid, sop_uid = model.seg_uids(str(datasets[0].SeriesInstanceUID))
+    series_uid, sop_uid = model.seg_uids(str(datasets[0].SeriesInstanceUID), version)
     seg = hd.seg.Segmentation(
         source_images=datasets,
         pixel_array=np.stack(masks).astype(np.uint8),

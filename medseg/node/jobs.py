@@ -1,8 +1,10 @@
 """The node's job table (SQLite beside the spool): one row per series and model, pseudonymised, with its state.
 
-States: received -> selected | skipped -> segmented -> sent | failed. A row's (series, model) is the
-idempotency record: a series is segmented and sent once per model, and a node restarted after a crash
-resumes every row not in a final state.
+States: received -> selected | skipped -> segmented -> sent | failed. A row's (series, version, model) is the
+idempotency record: a series is segmented and sent once per version and model, and a node restarted after a
+crash resumes every row not in a final state. An instance that arrives once processing has begun reopens the
+row as a new version of the series (received again); the processing of the older version then records
+nothing more, and the new version's SEG, for the whole series, supersedes any SEG already sent.
 """
 
 from __future__ import annotations
@@ -15,7 +17,17 @@ from pathlib import Path
 
 FINAL = ("sent", "skipped", "failed")
 PENDING = ("received", "selected", "segmented")
-COLUMNS = ("series", "model", "state", "reason", "instances", "received_at", "last_instance_at", "updated_at")
+COLUMNS = (
+    "series",
+    "model",
+    "state",
+    "reason",
+    "instances",
+    "received_at",
+    "last_instance_at",
+    "updated_at",
+    "version",
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -27,9 +39,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     received_at REAL NOT NULL,
     last_instance_at REAL NOT NULL,
     updated_at REAL NOT NULL,
+    version INTEGER NOT NULL DEFAULT 0,  -- raised when an instance arrives after processing began
     PRIMARY KEY (series, model)
 )
 """
+REOPENED = "reopened: an instance arrived after processing began"
 
 
 class JobTable:
@@ -41,6 +55,8 @@ class JobTable:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(SCHEMA)
+            if "version" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:  # a table of 0.2.0
+                db.execute("ALTER TABLE jobs ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -51,23 +67,30 @@ class JobTable:
             db.close()
 
     def instance_received(self, series: str, model: str) -> None:
-        """Count one stored instance of SERIES; a new series starts as received."""
+        """Count one new instance of SERIES; a new series starts as received, one whose processing has begun is
+        reopened as its next version."""
         now = time.time()
         with self._connect() as db:
             db.execute(
                 "INSERT INTO jobs (series, model, state, instances, received_at, last_instance_at, updated_at) "
                 "VALUES (?, ?, 'received', 1, ?, ?, ?) ON CONFLICT (series, model) DO UPDATE SET "
-                "instances = instances + 1, last_instance_at = excluded.last_instance_at",
-                (series, model, now, now, now),
+                "instances = instances + 1, last_instance_at = excluded.last_instance_at, "
+                "version = version + (state != 'received'), "
+                "reason = CASE WHEN state = 'received' THEN reason ELSE ? END, "
+                "updated_at = excluded.updated_at, state = 'received'",
+                (series, model, now, now, now, REOPENED),
             )
 
-    def set_state(self, series: str, model: str, state: str, reason: str = "") -> None:
-        """Move a row to STATE with a one-line REASON."""
+    def set_state(self, series: str, model: str, state: str, reason: str = "", version: int | None = None) -> bool:
+        """Move a row to STATE with a one-line REASON (only while it is still at VERSION, where given); returns
+        whether it moved."""
+        line = reason.splitlines()[0][:500] if reason else ""
+        query = "UPDATE jobs SET state = ?, reason = ?, updated_at = ? WHERE series = ? AND model = ?"
+        args: tuple = (state, line, time.time(), series, model)
+        if version is not None:
+            query, args = f"{query} AND version = ?", (*args, version)
         with self._connect() as db:
-            db.execute(
-                "UPDATE jobs SET state = ?, reason = ?, updated_at = ? WHERE series = ? AND model = ?",
-                (state, reason.splitlines()[0][:500] if reason else "", time.time(), series, model),
-            )
+            return db.execute(query, args).rowcount > 0
 
     def ready(self, model: str, quiet_s: float) -> list[dict]:
         """Rows of MODEL not in a final state whose last instance came at least QUIET_S seconds ago."""
