@@ -114,3 +114,36 @@ def test_every_target_in_the_config_tree_resolves():
     assert "medseg.config.RunFolderCheck" in medseg_targets and len(medseg_targets) > 5
     for target in medseg_targets:
         assert get_object(target) is not None, target
+
+
+GEOMETRY_PATTERNS = (  # a hand-written LPS <-> RAS flip, a slice normal, or a step between slice positions
+    r"\[\s*-1(\.0)?\s*,\s*-1(\.0)?\s*,\s*1(\.0)?",
+    r"np\.cross\(",
+    r"np\.diff\([^)]*position",
+    r"ImagePositionPatient.*-\s*origin",
+)
+
+
+def test_patient_space_geometry_lives_in_one_module():
+    """No LPS/RAS flip, slice normal or slice-step computation outside medseg.data.geometry."""
+    import re
+
+    owner = PACKAGE / "data" / "geometry.py"
+    found = [
+        f"{path.relative_to(PACKAGE)}:{number}: {line.strip()}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path != owner
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if any(re.search(pattern, line) for pattern in GEOMETRY_PATTERNS)
+    ]
+    assert not found, found
+    assert re.search(GEOMETRY_PATTERNS[0], owner.read_text())  # the patterns do find the owner's own
+
+
+def test_predict_eval_node_and_prepare_reach_series_geometry_through_the_geometry_module_only():
+    graph = import_graph()
+    users = ("medseg.deploy.predict", "medseg.deploy.seg", "medseg.evaluation.volumes", "medseg.node.rules")
+    users += ("medseg.data.index", "medseg.data.volume_grid", "medseg.data.nifti", "medseg.data.labels")
+    for module in users:
+        assert "medseg.data.geometry" in graph[module], module
+    assert "medseg.data.series" not in graph  # the copies it replaced are gone

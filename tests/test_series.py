@@ -13,8 +13,8 @@ import pydicom
 import pytest
 
 from medseg.data.decode import load_image_meta, load_mask
+from medseg.data.geometry import SliceRef, assemble_series
 from medseg.data.index import index_dicom
-from medseg.data.series import SliceRef, assemble_series
 
 from .conftest import REPO
 

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
+from pydicom.uid import generate_uid
 
 from medseg.data import cache as cache_module
 from medseg.data.datamodule import SegmentationDataModule
@@ -17,6 +19,7 @@ from medseg.data.decode import load_image_meta, load_raw
 from medseg.data.index import index_dicom
 from medseg.data.loaders import count_pixels
 from medseg.data.sizing import fit_image, fit_to_size, placement, restore
+from medseg.deploy.predict import group_series
 from medseg.deploy.predictor import Predictor
 from medseg.deploy.seg import write_nifti, write_seg
 
@@ -179,3 +182,39 @@ def test_an_instance_two_segs_reference_is_refused(demo_root, tmp_path):
         write_seg(files, masks, ["background", "organ"], root / "masks" / name)
     with pytest.raises(ValueError, match="its label could be"):
         index_dicom(root)
+
+
+def _two_echo_series(demo_root: Path, folder: Path) -> list[Path]:
+    """Case 2's slices written twice into one new series (two echoes: every position twice), unlabelled."""
+    folder.mkdir(parents=True)
+    series_uid = generate_uid()
+    for echo in (1, 2):
+        for path in sorted((demo_root / "images" / "case02").glob("*.dcm")):
+            ds = pydicom.dcmread(path)
+            ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.EchoNumbers = series_uid, generate_uid(), echo
+            ds.save_as(folder / f"echo{echo}_{path.name}")
+    return sorted(folder.glob("*.dcm"))
+
+
+def test_an_unlabelled_series_that_breaks_the_rules_is_skipped_in_training_and_a_labelled_one_refused(
+    demo_root, tmp_path, caplog
+):
+    root = tmp_path / "d"
+    shutil.copytree(demo_root, root)
+    echoes = _two_echo_series(demo_root, root / "images" / "mr_echoes")
+    samples = index_dicom(root)
+    assert len(samples) == 12 * 8 and "two slices at the same position" in caplog.text
+    shutil.copy(root / "masks" / "case02_s00.png", root / "masks" / f"{echoes[0].stem}.png")
+    with pytest.raises(ValueError, match="two slices at the same position"):
+        index_dicom(root)
+
+
+def test_the_series_rules_apply_at_inference(demo_root, tmp_path):
+    echoes = _two_echo_series(demo_root, tmp_path / "echoes")
+    skipped: list = []
+    assert group_series(echoes, skipped) == []
+    assert "two slices at the same position" in skipped[0][1]
+    files = sorted((demo_root / "images" / "case03").glob("*.dcm"), reverse=True)
+    (series,) = group_series(files)
+    heights = [float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]) for p, _ in series.items]
+    assert heights == sorted(heights) and len(series.frames) == len(files)

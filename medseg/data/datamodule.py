@@ -18,7 +18,6 @@ from medseg.data.cache import DecodeCache
 from medseg.data.context import series_neighbours
 from medseg.data.dataset import SliceDataset, seed_worker_augmentation
 from medseg.data.decode import MaskValueError, load_mask
-from medseg.data.geometry import split_volumes
 from medseg.data.index import Sample, source_fingerprint
 from medseg.data.intensity import Intensity
 from medseg.data.loaders import SplitLoaders, count_pixels, loader_workers, pin_memory
@@ -27,6 +26,7 @@ from medseg.data.sources import decode_sample, index_layout, sample_intensity, s
 from medseg.data.split import fold_split, split_patients, subset_patients
 from medseg.data.synthetic import CLASS_NAMES as DEMO_CLASSES
 from medseg.data.synthetic import ensure_demo_dataset
+from medseg.data.volume_grid import split_volumes
 from medseg.utils.io import atomic_path
 from medseg.utils.privacy import pseudonym, pseudonymous_path
 

@@ -205,13 +205,3 @@ def read_slice(
 ) -> tuple[np.ndarray, SliceMeta]:
     """Decode one frame of a DICOM file to float32 in [0, 1] (RAW: modality values) and its metadata."""
     return read_frames(path, window, voi_index, frames=[frame], raw=raw)[0]
-
-
-def slice_position(ds_or_meta) -> float:
-    """Position along the slice normal (InstanceNumber when the geometry is missing)."""
-    ipp = getattr(ds_or_meta, "position", None) or getattr(ds_or_meta, "ImagePositionPatient", None)
-    iop = getattr(ds_or_meta, "orientation", None) or getattr(ds_or_meta, "ImageOrientationPatient", None)
-    if ipp is not None and iop is not None:
-        iop = np.asarray(iop, dtype=float)
-        return float(np.dot(np.cross(iop[:3], iop[3:]), np.asarray(ipp, dtype=float)))
-    return float(getattr(ds_or_meta, "InstanceNumber", 0) or 0)

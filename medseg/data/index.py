@@ -11,8 +11,8 @@ from pathlib import Path
 import pydicom
 
 from medseg.data.dicom import frame_geometry
+from medseg.data.geometry import Series, SliceRef, assemble_series
 from medseg.data.labels import check_nifti_fits, find_label, label_key, label_lookups, masks_by_stem
-from medseg.data.series import Series, SliceRef, assemble_series
 from medseg.utils.privacy import register_source
 
 log = logging.getLogger(__name__)

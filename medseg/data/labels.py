@@ -11,6 +11,7 @@ import pydicom
 from PIL import Image
 
 from medseg.data.dicom import SliceMeta
+from medseg.data.geometry import pixel_voxels
 
 
 def read_png(path: Path) -> np.ndarray:
@@ -49,18 +50,6 @@ def nifti_slice(path: Path, meta: SliceMeta, shape: tuple[int, int]) -> np.ndarr
     v = voxel[:, inside]
     out[inside] = volume[v[0], v[1], v[2]]
     return out.reshape(rows, cols)
-
-
-def pixel_voxels(position, orientation, spacing, rows: np.ndarray, cols: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """Voxel coordinates [3, N] (float) in a NIfTI volume of the DICOM pixels (ROWS[i], COLS[i]) of a frame."""
-    iop = np.asarray(orientation, dtype=float)
-    lps = (
-        np.asarray(position, dtype=float)[:, None]
-        + np.outer(iop[:3], np.asarray(cols) * spacing[1])
-        + np.outer(iop[3:], np.asarray(rows) * spacing[0])
-    )
-    ras = np.vstack([-lps[0], -lps[1], lps[2], np.ones(lps.shape[1])])
-    return (np.linalg.inv(affine) @ ras)[:3]
 
 
 def check_nifti_fits(path: Path, slices: Sequence) -> None:

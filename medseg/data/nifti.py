@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from medseg.data.dicom import SliceMeta, auto_window, given_window
+from medseg.data.geometry import displayed_slice_geometry
 from medseg.data.index import Sample
 from medseg.utils.privacy import register_source
-
-RAS_TO_LPS = np.array([-1.0, -1.0, 1.0])
 
 
 def read_dataset_json(root: str | Path) -> dict:
@@ -100,12 +99,9 @@ def display_slice(volume: np.ndarray, k: int) -> np.ndarray:
 def slice_meta(path: Path, k: int, window) -> SliceMeta:
     """Geometry of displayed slice K (LPS position of its first pixel, row and column directions, spacing)."""
     data, affine = canonical(str(path))
-    first = affine @ np.array([data.shape[0] - 1, data.shape[1] - 1, k, 1.0])
-    column_step, row_step = -affine[:3, 0] * RAS_TO_LPS, -affine[:3, 1] * RAS_TO_LPS
-    spacing = (float(np.linalg.norm(row_step)), float(np.linalg.norm(column_step)))
-    orientation = (*(column_step / spacing[1]), *(row_step / spacing[0]))
+    position, orientation, spacing = displayed_slice_geometry(affine, data.shape, k)
     case = path.name.split("_0000")[0]
-    return SliceMeta(case, case, f"{case}_{k}", spacing, window, k, tuple(first[:3] * RAS_TO_LPS), orientation)
+    return SliceMeta(case, case, f"{case}_{k}", spacing, window, k, position, orientation)
 
 
 def read_nifti_slice(path: Path, k: int, window=None, raw: bool = False) -> tuple[np.ndarray, SliceMeta]:

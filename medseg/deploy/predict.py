@@ -19,10 +19,10 @@ import pydicom
 from PIL import Image
 
 from medseg.data.decode import load_dicom_frames, load_image, model_input
+from medseg.data.geometry import assemble_series
 from medseg.data.index import IMAGE_SUFFIXES, Sample, slice_ref
 from medseg.data.intensity import normalise_series
 from medseg.data.nifti import label_volume, read_nifti_slice, slice_count
-from medseg.data.series import assemble_series
 from medseg.deploy.predictor import Predictor
 from medseg.deploy.seg import write_nifti, write_seg
 from medseg.utils.cli import add_inference_options, inference_options, progress, run_cli
@@ -64,7 +64,7 @@ class InputSeries:
 
 
 def group_series(files: Sequence[Path], skipped: list | None = None) -> list[InputSeries]:
-    """DICOM files as series by the training rules (medseg.data.series: UID and orientation, sorted along the
+    """DICOM files as series by the training rules (medseg.data.geometry: UID and orientation, sorted along the
     normal, multi-frame included; duplicates and gaps refused); unreadable files and refused series go to
     SKIPPED."""
     headers: dict[Path, pydicom.Dataset] = {}

@@ -12,6 +12,7 @@ import pydicom
 from pydicom.uid import generate_uid
 
 from medseg import __version__
+from medseg.data.geometry import frame_affine, step_vector
 from medseg.utils.io import atomic_path
 from medseg.utils.privacy import pseudonym
 
@@ -92,21 +93,9 @@ def write_seg(
 def series_affine(datasets: Sequence[pydicom.Dataset]) -> np.ndarray:
     """4x4 voxel (column, row, slice) -> RAS millimetre affine of a sorted series, as NIfTI expects."""
     first = datasets[0]
-    iop = np.asarray(first.ImageOrientationPatient, dtype=float)
-    row_spacing, col_spacing = (float(v) for v in first.PixelSpacing)
-    origin = np.asarray(first.ImagePositionPatient, dtype=float)
-    if len(datasets) > 1:
-        step = (np.asarray(datasets[-1].ImagePositionPatient, dtype=float) - origin) / (len(datasets) - 1)
-    else:
-        step = np.cross(iop[:3], iop[3:]) * float(first.get("SliceThickness", 1.0))
-    affine = np.eye(4)
-    affine[:3, 0], affine[:3, 1], affine[:3, 2], affine[:3, 3] = (
-        iop[:3] * col_spacing,
-        iop[3:] * row_spacing,
-        step,
-        origin,
-    )
-    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine  # DICOM LPS -> NIfTI RAS
+    positions = [ds.ImagePositionPatient for ds in datasets]
+    step = step_vector(positions, first.ImageOrientationPatient, float(first.get("SliceThickness", 1.0)))
+    return frame_affine(positions[0], first.ImageOrientationPatient, first.PixelSpacing, step)
 
 
 def write_nifti(sources: Sequence[Path], masks: Sequence[np.ndarray], out: Path) -> Path:

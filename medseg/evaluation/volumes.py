@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medseg.data.dicom import SliceMeta, slice_position
+from medseg.data.dicom import SliceMeta
+from medseg.data.geometry import slice_position, slice_step
 from medseg.data.index import Sample
 from medseg.evaluation.scores import case_scores
 from medseg.utils.privacy import pseudonym
@@ -49,7 +50,7 @@ def slice_spacing(metas: Sequence[SliceMeta | None]) -> float | None:
     """The median step between consecutive slices along the normal, in mm; None without geometry."""
     if any(m is None or m.position is None or m.orientation is None for m in metas) or len(metas) < 2:
         return None
-    return float(np.median(np.abs(np.diff([slice_position(m) for m in metas]))))
+    return slice_step([slice_position(m.position, m.orientation) for m in metas])  # type: ignore[union-attr]
 
 
 def group_cases(scored: Sequence[Scored], names: Sequence[str], per_slice: bool = False) -> list[Case]:

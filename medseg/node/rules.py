@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import pydicom
 
+from medseg.data.geometry import slice_normal
+
 KEYS = {"name", "modality", "series_description", "body_part", "slices", "orientation", "pixel_spacing"}
 ORIENTATIONS = {"axial": 2, "coronal": 1, "sagittal": 0}  # the patient axis the slice normal runs along
 
@@ -40,7 +42,7 @@ def orientation_of(ds: pydicom.Dataset) -> str | None:
     if "ImageOrientationPatient" not in ds:
         return None
     iop = np.asarray(ds.ImageOrientationPatient, dtype=float)
-    axis = int(np.argmax(np.abs(np.cross(iop[:3], iop[3:]))))
+    axis = int(np.argmax(np.abs(slice_normal(iop))))
     return next(name for name, a in ORIENTATIONS.items() if a == axis)
 
 
