@@ -16,7 +16,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from medseg.data.context import series_neighbours, stack_indices
+from medseg.data.context import series_stacks, stack_indices
 from medseg.deploy.export import export_checkpoint
 from medseg.deploy.predict import predict
 from medseg.deploy.predictor import Predictor
@@ -53,7 +53,7 @@ def test_a_batch_holds_the_neighbouring_decoded_slices_of_the_same_series(make_c
             assert torch.equal(image[channel], decoded), (z, channel)
     first = dataset[members[0]]["image"]
     assert torch.equal(first[0], first[1])  # the first slice is its own lower neighbour
-    assert series_neighbours(samples, 0) == [[i] for i in range(len(samples))]
+    assert series_stacks(samples, 0) == [(s,) for s in samples]
 
 
 @pytest.fixture(scope="module")

@@ -115,7 +115,7 @@ def test_zscore_statistics_are_per_series_and_prediction_reads_them_from_the_ser
 
 
 def test_the_window_scheme_decodes_exactly_as_before(demo_root):
-    windowed = SegmentationDataModule(image_size=64, cache_dir=str(demo_root.parent))
+    windowed = SegmentationDataModule(image_size=64, normalize="window", cache_dir=str(demo_root.parent))
     windowed.setup()
     sample = windowed.splits["train"][0]
     before = decode_sample(sample, **{**windowed._prepare.keywords, "intensity": None})  # the path without schemes

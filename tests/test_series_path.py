@@ -14,6 +14,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from medseg.data import cache as cache_module
+from medseg.data.context import series_stacks, stack_indices
 from medseg.data.datamodule import SegmentationDataModule
 from medseg.data.decode import load_image_meta, load_raw
 from medseg.data.index import index_dicom
@@ -218,3 +219,23 @@ def test_the_series_rules_apply_at_inference(demo_root, tmp_path):
     (series,) = group_series(files)
     heights = [float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]) for p, _ in series.items]
     assert heights == sorted(heights) and len(series.frames) == len(files)
+
+
+def test_context_stacks_of_a_sparsely_labelled_series_are_its_neighbouring_frames_as_at_inference(demo_root, tmp_path):
+    root = tmp_path / "d"
+    shutil.copytree(demo_root, root)
+    for mask in (root / "masks").glob("case00_s0[1-35-7].png"):  # case00 labelled on slices 0 and 4 only
+        mask.unlink()
+    case = sorted((s for s in index_dicom(root) if "case00" in s.image.name), key=lambda s: s.slice_index)
+    assert [s.slice_index for s in case] == [0, 4]
+    stacks = series_stacks(case, 1)
+    assert [s.image.name for s in stacks[1]] == ["case00_s03.dcm", "case00_s04.dcm", "case00_s05.dcm"]
+    assert stacks[1][0].label_free and not stacks[1][1].label_free
+    expected = [[f"case00_s{j:02d}.dcm" for j in places] for places in stack_indices(8, 1)]
+    assert [[s.image.name for s in stack] for stack in stacks] == [expected[0], expected[4]]
+    dm = SegmentationDataModule(str(root), image_size=32, context_slices=1, preload=False, decode_cache=None)
+    dm.setup()
+    split = next(name for name, items in dm.splits.items() if any("case00" in s.image.name for s in items))
+    dataset = dm.dataset(split)
+    index = next(i for i, s in enumerate(dataset.samples) if s.image.name == "case00_s04.dcm")
+    assert dataset[index]["image"].shape == (3, 32, 32)

@@ -49,7 +49,8 @@ class DecodeCache:
 
     def key(self, sample: Sample) -> str:
         """Cache key: content of image and labels, frame, and preprocessing parameters."""
-        parts = [self._digest(sample.image), self._digest(sample.mask), str(sample.frame), self.params]
+        label = "label-free" if sample.label_free else self._digest(sample.mask)
+        parts = [self._digest(sample.image), label, str(sample.frame), self.params]
         return hashlib.sha1("|".join(parts).encode()).hexdigest()
 
     def get(self, sample: Sample) -> tuple[np.ndarray, np.ndarray] | None:

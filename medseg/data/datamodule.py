@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from medseg.data.augment import size_pair
 from medseg.data.cache import DecodeCache
-from medseg.data.context import series_neighbours
+from medseg.data.context import series_stacks
 from medseg.data.dataset import SliceDataset, seed_worker_augmentation
 from medseg.data.decode import MaskValueError, load_mask
 from medseg.data.index import Sample, source_fingerprint
@@ -258,7 +258,7 @@ class SegmentationDataModule(SplitLoaders, L.LightningDataModule):
         self._train_loaders += augment  # a new augmentation stream for every (re)loaded training epoch
         seed = self.hparams.seed * 10007 + self._train_loaders
         transform = self.train_transform(seed) if augment else None
-        stacks = series_neighbours(samples, self.hparams.context_slices) if self.hparams.context_slices else None
+        stacks = series_stacks(samples, self.hparams.context_slices) if self.hparams.context_slices else None
         return SliceDataset(samples, self._prepare, self._cache, transform, seed, stacks, self.num_classes)
 
     def _loader(self, dataset: SliceDataset, train: bool) -> DataLoader:

@@ -31,12 +31,12 @@ class SliceDataset(Dataset):
         cache,
         transform=None,
         seed: int | None = None,
-        stacks: Sequence[Sequence[int]] | None = None,
+        stacks: Sequence[Sequence[Sample]] | None = None,
         num_classes: int | None = None,
     ) -> None:
         self.samples = list(samples)
         self.num_classes = num_classes  # given: items carry `labelled`, the classes their case contours
-        self.stacks = stacks  # per sample, the indices of its context stack (medseg.data.context)
+        self.stacks = stacks  # per sample, the samples of its context stack (medseg.data.context)
         self.prepare = prepare
         self.cache = cache
         self.augment = transform
@@ -47,7 +47,10 @@ class SliceDataset(Dataset):
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Decoded, resized image [H, W, C] float32 and mask [H, W] uint8, from the cache when present."""
-        sample = self.samples[index]
+        return self.load_sample(self.samples[index])
+
+    def load_sample(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+        """Decoded, resized image and mask of any sample (a stack's neighbour too), through the cache."""
         entry = self.cache.get(sample)
         if entry is None:
             entry = self.cache.put(sample, *self.prepare(sample))
@@ -56,7 +59,8 @@ class SliceDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
         image, mask = self.load(index)
         if self.stacks is not None and len(self.stacks[index]) > 1:  # one augmentation draw for the whole stack
-            image = np.concatenate([image if j == index else self.load(j)[0] for j in self.stacks[index]], axis=-1)
+            stack = self.stacks[index]
+            image = np.concatenate([image if s is self.samples[index] else self.load_sample(s)[0] for s in stack], -1)
         item: dict[str, torch.Tensor | int] = {**to_tensors(image, mask, self.augment), "index": index}
         if self.num_classes is not None:
             item["labelled"] = torch.from_numpy(labelled_vector(self.samples[index].unlabelled, self.num_classes))

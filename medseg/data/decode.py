@@ -103,6 +103,8 @@ def load_mask(
     shape: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Read labels (PNG, NIfTI volume or DICOM SEG) as uint8 class indices, mapped and validated."""
+    if sample.label_free:  # a context-only neighbour: nothing known about its labels
+        return np.full(shape if shape is not None else read_image(sample.image, 1).shape[:2], ignore_index, np.uint8)
     name = sample.mask.name.lower()
     if sample.kind == "nifti":  # a label volume on its image volume's grid
         raw = read_label_slice(sample.mask, sample.frame)

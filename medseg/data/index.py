@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pydicom
@@ -33,6 +33,9 @@ class Sample:
     slice_index: int = 0  # its place in the series along the slice normal
     modality: str = ""  # DICOM Modality (CT, MR, CR...) or an nnU-Net channel name; "" for plain images
     unlabelled: tuple[int, ...] = ()  # classes its label map leaves out (medseg.data.partial_labels)
+    # every frame (path, frame) of its series in order, where some have no label: the context stacks' neighbours
+    frames: tuple[tuple[Path, int], ...] = field(default=(), compare=False, repr=False)
+    label_free: bool = False  # a neighbour fed as context only: its labels are unknown (ignore_index)
 
 
 def patient_key(ds: pydicom.Dataset, path: Path) -> tuple[str, bool]:
@@ -111,7 +114,8 @@ def in_series(samples: list[Sample], refs: list[SliceRef]) -> list[Sample]:
             raise error
         log.warning("%s; skipped (none of its frames is labelled)", error)
 
-    for series in assemble_series(refs, refused):
+    assembled = assemble_series(refs, refused)
+    for series in assembled:
         volume = len(series.slices) > 1 and series.spacing is not None
         for i, ref in enumerate(series.slices):
             place[ref.path, ref.frame] = (series.key if volume else "", i if volume else 0)
@@ -119,7 +123,13 @@ def in_series(samples: list[Sample], refs: list[SliceRef]) -> list[Sample]:
         for label in volumes if volume else ():
             if label.name.endswith((".nii", ".nii.gz")):
                 check_nifti_fits(label, series.slices)
-    return [replace(s, series=place[s.image, s.frame][0], slice_index=place[s.image, s.frame][1]) for s in samples]
+    frames: dict[str, tuple[tuple[Path, int], ...]] = {}
+    for series in assembled:
+        order = tuple((r.path, r.frame) for r in series.slices)
+        if len(order) > 1 and any(key not in labels for key in order):
+            frames[series.key] = order  # sparsely labelled: stacks reach the unlabelled frames too
+    placed = [replace(s, series=place[s.image, s.frame][0], slice_index=place[s.image, s.frame][1]) for s in samples]
+    return [replace(s, frames=frames.get(s.series, ())) for s in placed]
 
 
 def check_unique_pairing(samples: list[Sample]) -> None:

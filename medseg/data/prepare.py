@@ -32,7 +32,7 @@ import numpy as np
 import yaml
 
 from medseg.data.checks import data_checks, run_checks
-from medseg.data.context import series_neighbours
+from medseg.data.context import series_stacks
 from medseg.data.datamodule import SegmentationDataModule
 from medseg.data.decode import MaskValueError
 from medseg.data.index import Sample, source_fingerprint
@@ -217,8 +217,8 @@ def prepare(
         shutil.rmtree(folder, ignore_errors=True)
         refused_file = out / f".{name}.refused.jsonl"
         refused_file.unlink(missing_ok=True)
-        stacks = series_neighbours(samples, dm.hparams.context_slices)
-        items = [Item(i, s, src, refused_file, tuple(samples[j] for j in stacks[i])) for i, s in enumerate(samples)]
+        stacks = series_stacks(samples, dm.hparams.context_slices)
+        items = [Item(i, s, src, refused_file, stacks[i]) for i, s in enumerate(samples)]
         if items:
             _optimize(items, folder, dm, dtype, workers, chunk_bytes, compression)
         refused = [json.loads(line) for line in refused_file.read_text().splitlines()] if refused_file.is_file() else []

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medseg.data.context import series_neighbours, stack_images
+from medseg.data.context import series_stacks
 from medseg.data.decode import load_image_meta, load_mask
 from medseg.data.index import Sample
 from medseg.data.intensity import Intensity
@@ -81,12 +81,16 @@ def evaluate(
     whole, scored, names = SplitScores(classes), [], []
     intensity = sample_intensity(samples, info.normalize, Intensity.of_model(info.normalize, info.ct_statistics).ct)
     decoded = [load_image_meta(sample, info.in_channels, info.window, intensity) for sample in samples]
-    images = [image for image, _ in decoded]
-    stacks = series_neighbours(samples, info.context_slices)  # the same stacks as in training
+    images = {sample: image for sample, (image, _) in zip(samples, decoded, strict=True)}
+    stacks = series_stacks(samples, info.context_slices)  # the same stacks as in training
     items = zip(samples, decoded, stacks, strict=True)
     for sample, (image, meta), stack in progress(items, len(samples), "evaluating"):
         target = load_mask(sample, len(classes), mask_mapping, mask_threshold, meta=meta, shape=image.shape[:2])
-        pred = predictor.segment(stack_images(images, stack), spacing=meta.pixel_spacing if meta else None)
+        layers = [
+            images.get(s) if s in images else load_image_meta(s, info.in_channels, info.window, intensity)[0]
+            for s in stack
+        ]
+        pred = predictor.segment(np.concatenate(layers, axis=-1), spacing=meta.pixel_spacing if meta else None)
         pred = np.where(np.isin(pred, sample.unlabelled), 0, pred)  # a class the case leaves out: not scored
         whole.update(pred, target)
         scored.append(Scored(sample, meta, image, target, pred))
