@@ -87,8 +87,7 @@ def evaluate(
     for sample, (image, meta), stack in progress(items, len(samples), "evaluating"):
         target = load_mask(sample, len(classes), mask_mapping, mask_threshold, meta=meta, shape=image.shape[:2])
         layers = [
-            images.get(s) if s in images else load_image_meta(s, info.in_channels, info.window, intensity)[0]
-            for s in stack
+            images[s] if s in images else load_image_meta(s, info.in_channels, info.window, intensity)[0] for s in stack
         ]
         pred = predictor.segment(np.concatenate(layers, axis=-1), spacing=meta.pixel_spacing if meta else None)
         pred = np.where(np.isin(pred, sample.unlabelled), 0, pred)  # a class the case leaves out: not scored

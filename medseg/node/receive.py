@@ -71,8 +71,8 @@ class WebPoller:
                 continue
             series = pseudonym(uid)
             row = self.node.jobs.get(series, self.node.model.sha256)
-            if row is not None and row["state"] in FINAL:
-                continue
+            if row is not None and row["state"] in FINAL and int(count or 0) <= int(row["instances"]):
+                continue  # finished, and the PACS holds no instance more: nothing new to segment
             seen, since = self.counts.get(series, (-1, time.monotonic()))
             if seen != count:
                 self.counts[series] = (count, time.monotonic())
