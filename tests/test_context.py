@@ -102,7 +102,7 @@ torch.backends.mkldnn.enabled = False  # oneDNN picks kernels by CPU
 from medseg.config import compose_config
 from medseg.training.pipeline import train
 overrides = ["stage.stages.0.epochs=8", "data.image_size=64", "model.log_images=false", "callbacks.progress_bar=null"]
-_, metrics = train(compose_config([*overrides, "paths.cache_dir=" + sys.argv[1]], sys.argv[2]))
+_, metrics = train(compose_config([*overrides, *sys.argv[3:], "paths.cache_dir=" + sys.argv[1]], sys.argv[2]))
 print(json.dumps({k: float(metrics[k]) for k in ("val/dice_mean", "test/dice_mean", "test/dice_lesion")}))
 """
 # ATen's scalar kernels and MKL's compatible code path: the same floating-point operations on every x86-64 CPU
@@ -112,10 +112,11 @@ PORTABLE_ENV = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE"}
 RELEASE_0_2_0 = "f0fcb7e"  # the last commit before series, context slices and per-volume scores
 
 
-def _portable_run(code: Path, cache_dir: Path, out: Path) -> dict[str, float]:
-    """The demo's 8-epoch 2-D run with the medseg package of CODE, on CPU-independent kernels; its test metrics."""
+def _portable_run(code: Path, cache_dir: Path, out: Path, *extra: str) -> dict[str, float]:
+    """The demo's 8-epoch 2-D run with the medseg package of CODE (and EXTRA overrides), on CPU-independent kernels;
+    its test metrics."""
     env = {**os.environ, **PORTABLE_ENV, "MEDSEG_CACHE": str(cache_dir), "PYTHONPATH": str(code)}
-    command = [sys.executable, "-c", PORTABLE_RUN, str(cache_dir), str(out)]
+    command = [sys.executable, "-c", PORTABLE_RUN, str(cache_dir), str(out), *extra]
     result = subprocess.run(command, cwd=code, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -134,7 +135,8 @@ def test_a_2d_run_gives_the_numbers_it_gave_before_volumes(tmp_path):
     subprocess.run(["tar", "-x", "-C", str(release)], input=archive.stdout, check=True)
     # each run generates and decodes the demo with its own code, in a cache of its own
     expected = _portable_run(release, tmp_path / "cache_0.2.0", tmp_path / "run_0.2.0")
-    assert _portable_run(REPO, tmp_path / "cache", tmp_path / "run") == expected
+    # 0.2.0 had the window scheme only; normalize=auto is today's default
+    assert _portable_run(REPO, tmp_path / "cache", tmp_path / "run", "data.normalize=window") == expected
 
 
 @pytest.mark.parametrize(
